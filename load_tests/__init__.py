@@ -1,0 +1,1 @@
+"""Benchmarks and load scenarios for meshserve (run from the repository root)."""

@@ -1,0 +1,117 @@
+"""One error tree for the whole mesh.
+
+Every failure a user can meet is a :class:`MeshError` subclass carrying a message
+that names the problem and what to do. ``code`` is the canonical status name
+(the gRPC names, as plain strings, so this module imports no transport);
+``retryable`` says whether the same request may succeed if tried again (elsewhere
+or later). The mapping to gRPC lives in :mod:`mesh.grpc_errors`, and only there.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class MeshError(Exception):
+    """Base of every error meshserve raises on purpose."""
+
+    code: ClassVar[str] = "INTERNAL"
+    #: Class default; an instance may override it (a load failure may be transient).
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if retryable is not None:
+            self.retryable = retryable
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidArgument(MeshError):
+    """The request itself is wrong: a bad id, URI, tensor, document."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class InvalidModelId(InvalidArgument):
+    pass
+
+
+class NotFound(MeshError):
+    code = "NOT_FOUND"
+
+
+class ModelNotFound(NotFound):
+    pass
+
+
+class AlreadyExists(MeshError):
+    code = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(MeshError):
+    """The system is not in a state where the request can run (e.g. draining)."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class Conflict(MeshError):
+    """A compare-and-set lost a race; re-read and try again."""
+
+    code = "ABORTED"
+    retryable = True
+
+
+class ResourceExhausted(MeshError):
+    """Not enough capacity (memory, queue slots) to do it now."""
+
+    code = "RESOURCE_EXHAUSTED"
+    retryable = True
+
+
+class Unavailable(MeshError):
+    """A dependency (etcd, a runtime, storage) cannot be reached right now."""
+
+    code = "UNAVAILABLE"
+    retryable = True
+
+
+class RegistryUnavailable(Unavailable):
+    pass
+
+
+class DeadlineExceeded(MeshError):
+    code = "DEADLINE_EXCEEDED"
+    retryable = True
+
+
+class Cancelled(MeshError):
+    code = "CANCELLED"
+
+
+class PermissionDenied(MeshError):
+    code = "PERMISSION_DENIED"
+
+
+class Unauthenticated(MeshError):
+    code = "UNAUTHENTICATED"
+
+
+class Unimplemented(MeshError):
+    code = "UNIMPLEMENTED"
+
+
+class Internal(MeshError):
+    code = "INTERNAL"
+
+
+class CorruptRecord(Internal):
+    """A registry value could not be decoded; callers skip it and log."""
+
+
+class ModelLoadFailed(MeshError):
+    """A load was attempted and failed (bad file, storage error...)."""
+
+    code = "INTERNAL"

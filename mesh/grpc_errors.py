@@ -1,0 +1,102 @@
+"""The one place where :mod:`mesh.errors` meets gRPC status codes.
+
+Servers wrap their handlers with :func:`translate_errors`; a :class:`MeshError`
+becomes its status code and message, anything else becomes INTERNAL with an
+incident id (the traceback is logged here, never sent to the client). Clients turn
+an ``AioRpcError`` back into the tree with :func:`from_rpc_error`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from mesh import errors
+
+log = logging.getLogger(__name__)
+
+_BY_CODE: dict[str, type[errors.MeshError]] = {
+    "INVALID_ARGUMENT": errors.InvalidArgument,
+    "NOT_FOUND": errors.NotFound,
+    "ALREADY_EXISTS": errors.AlreadyExists,
+    "FAILED_PRECONDITION": errors.FailedPrecondition,
+    "ABORTED": errors.Conflict,
+    "RESOURCE_EXHAUSTED": errors.ResourceExhausted,
+    "UNAVAILABLE": errors.Unavailable,
+    "DEADLINE_EXCEEDED": errors.DeadlineExceeded,
+    "CANCELLED": errors.Cancelled,
+    "PERMISSION_DENIED": errors.PermissionDenied,
+    "UNAUTHENTICATED": errors.Unauthenticated,
+    "UNIMPLEMENTED": errors.Unimplemented,
+    "INTERNAL": errors.Internal,
+}
+
+
+def status_code(err: errors.MeshError) -> grpc.StatusCode:
+    """The gRPC status for an error of the tree."""
+    return getattr(grpc.StatusCode, err.code, grpc.StatusCode.INTERNAL)
+
+
+def from_rpc_error(exc: grpc.RpcError, what: str = "") -> errors.MeshError:
+    """Turns a client-side RPC failure into the matching tree error."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    name = code.name if code is not None else "UNKNOWN"
+    cls = _BY_CODE.get(name, errors.Internal)
+    prefix = f"{what}: " if what else ""
+    return cls(f"{prefix}{details}")
+
+
+def internal_message(exc: BaseException) -> tuple[str, str]:
+    """A client-safe message for an unexpected exception, and its incident id."""
+    incident = uuid.uuid4().hex[:12]
+    return (
+        f"internal error (incident {incident}); the server log has the details",
+        incident,
+    )
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def translate_errors(fn: F) -> F:
+    """Wraps a grpc.aio servicer method (unary or server-streaming)."""
+
+    if inspect.isasyncgenfunction(fn):
+
+        @functools.wraps(fn)
+        async def stream_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                async for item in fn(self, request, context):
+                    yield item
+            except errors.MeshError as e:
+                await context.abort(status_code(e), e.message)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as e:  # noqa: BLE001 - last line before the client
+                msg, incident = internal_message(e)
+                log.exception("unhandled error in %s (incident %s)", fn.__qualname__, incident)
+                await context.abort(grpc.StatusCode.INTERNAL, msg)
+
+        return stream_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(self, request, context)
+        except errors.MeshError as e:
+            await context.abort(status_code(e), e.message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:  # noqa: BLE001 - last line before the client
+            msg, incident = internal_message(e)
+            log.exception("unhandled error in %s (incident %s)", fn.__qualname__, incident)
+            await context.abort(grpc.StatusCode.INTERNAL, msg)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,169 @@
+"""An in-memory copy of the registry, fed by one prefix watch.
+
+Routers and the admin API read it instead of etcd (never an etcd read on the
+inference path). ``start`` pages through every key at one revision, then watches
+from the next; a compacted watch triggers a full reload. A corrupt value is
+logged and treated as absent, never a crash. ``wait_for`` gives read-your-writes:
+after a write at revision R, wait until the mirror has applied R.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from mesh.errors import CorruptRecord, DeadlineExceeded
+from mesh.registry import records as rec
+from mesh.registry.keys import KeySchema, ParsedKey
+from mesh.registry.store import KeyValue, KVStore, WatchCompacted, WatchEvent
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[ParsedKey, Any], None]
+
+_DECODERS: dict[str, type[Any]] = {
+    "model": rec.ModelRecord,
+    "vmodel": rec.VModelRecord,
+    "instance": rec.InstanceRecord,
+    "copy": rec.CopyRecord,
+    "policy": rec.PolicyRecord,
+}
+
+
+class RegistryMirror:
+    def __init__(self, store: KVStore, keys: KeySchema, *, page_size: int = 2000) -> None:
+        self._store = store
+        self._keys = keys
+        self._page_size = page_size
+        self.models: dict[str, rec.ModelRecord] = {}
+        self.vmodels: dict[str, rec.VModelRecord] = {}
+        self.instances: dict[str, rec.InstanceRecord] = {}
+        #: model id -> instance id -> copy
+        self.copies: dict[str, dict[str, rec.CopyRecord]] = {}
+        self.policy: rec.PolicyRecord | None = None
+        self.policy_revision = 0
+        #: Highest store revision applied.
+        self.revision = 0
+        self.corrupt_records = 0
+        self._listeners: list[Listener] = []
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def subscribe(self, listener: Listener) -> None:
+        """``listener(parsed_key, record_or_None)`` runs after each applied change."""
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        """Returns once the full registry is loaded and the watch is running."""
+        await self._load()
+        self._task = asyncio.get_running_loop().create_task(self._follow(), name="registry-mirror")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def wait_for(self, revision: int, timeout_s: float = 5.0) -> None:
+        """Waits until every change up to ``revision`` is applied."""
+        if self.revision >= revision:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((revision, fut))
+        try:
+            await asyncio.wait_for(fut, timeout_s)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(
+                f"the registry mirror did not reach revision {revision} within {timeout_s}s "
+                f"(at {self.revision}); {self._store.description} may be slow"
+            ) from None
+        finally:
+            self._waiters = [(r, f) for r, f in self._waiters if f is not fut]
+
+    # -- loading and following -------------------------------------------
+
+    async def _load(self) -> None:
+        fresh = RegistryMirror(self._store, self._keys)
+        start_after: bytes | None = None
+        revision = 0
+        while True:
+            page = await self._store.list(
+                self._keys.root, limit=self._page_size, start_after=start_after, revision=revision
+            )
+            revision = revision or page.revision
+            for kv in page.items:
+                fresh._apply_kv(kv)
+            if not page.more or not page.items:
+                break
+            start_after = page.items[-1].key
+        self.models, self.vmodels, self.instances = fresh.models, fresh.vmodels, fresh.instances
+        self.copies, self.policy, self.policy_revision = fresh.copies, fresh.policy, fresh.policy_revision
+        self.corrupt_records += fresh.corrupt_records
+        self._advance(revision)
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                async for ev in self._store.watch(self._keys.root, start_revision=self.revision + 1):
+                    self._apply_event(ev)
+            except WatchCompacted as e:
+                log.warning("registry watch compacted (%s); reloading the mirror", e)
+                await self._load()
+
+    def _apply_kv(self, kv: KeyValue) -> None:
+        self._apply(kv.key, kv.value, kv.mod_revision)
+
+    def _apply_event(self, ev: WatchEvent) -> None:
+        self._apply(ev.key, ev.value if ev.kind == "put" else None, ev.revision)
+        self._advance(ev.revision)
+
+    def _apply(self, key: bytes, value: bytes | None, revision: int) -> None:
+        parsed = self._keys.parse(key)
+        if parsed is None or parsed.kind == "leader":
+            return
+        record: Any = None
+        if value is not None:
+            try:
+                record = rec.decode(_DECODERS[parsed.kind], value)
+            except CorruptRecord as e:
+                self.corrupt_records += 1
+                log.error("registry key %s holds a corrupt value, ignored: %s", key.decode(errors="replace"), e)
+        self._store_record(parsed, record, revision)
+        for listener in self._listeners:
+            try:
+                listener(parsed, record)
+            except Exception:  # a listener bug must not stop the mirror
+                log.exception("registry listener failed")
+
+    def _store_record(self, parsed: ParsedKey, record: Any, revision: int) -> None:
+        if parsed.kind == "copy":
+            per_model = self.copies.setdefault(parsed.name, {})
+            if record is None:
+                per_model.pop(parsed.instance_id, None)
+                if not per_model:
+                    del self.copies[parsed.name]
+            else:
+                per_model[parsed.instance_id] = record
+            return
+        if parsed.kind == "policy":
+            self.policy = record
+            self.policy_revision = revision if record is not None else 0
+            return
+        table: dict[str, Any] = {"model": self.models, "vmodel": self.vmodels, "instance": self.instances}[parsed.kind]
+        if record is None:
+            table.pop(parsed.name, None)
+        else:
+            table[parsed.name] = record
+
+    def _advance(self, revision: int) -> None:
+        if revision <= self.revision:
+            return
+        self.revision = revision
+        for rev, fut in self._waiters:
+            if rev <= revision and not fut.done():
+                fut.set_result(None)

@@ -1,0 +1,147 @@
+"""Typed registry records, stored as JSON with a schema version.
+
+Records are frozen: change one with :func:`dataclasses.replace`. Unknown JSON
+fields are ignored (a newer writer may add some); a value that is not a JSON
+object of the right shape raises :class:`~mesh.errors.CorruptRecord`, which
+readers log and skip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from mesh.errors import CorruptRecord
+
+SCHEMA_VERSION = 1
+
+# Copy states.
+LOADING = "LOADING"
+LOADED = "LOADED"
+FAILED = "FAILED"
+COPY_STATES = (LOADING, LOADED, FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadFailure:
+    instance_id: str
+    at_ms: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    model_id: str
+    type: str
+    path: str = ""
+    key: str = ""
+    #: Predicted before the first load, then the measured size.
+    size_bytes: int = 0
+    size_measured: bool = False
+    registered_ms: int = 0
+    last_used_ms: int = 0
+    failures: tuple[LoadFailure, ...] = ()
+    #: Number of vmodels pointing at this model.
+    refs: int = 0
+    #: Delete this model once no vmodel refers to it any more.
+    auto_delete: bool = False
+    min_copies: int = 0
+    #: 0 means no limit.
+    max_copies: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class VModelRecord:
+    vmodel_id: str
+    active_model: str
+    target_model: str
+    owner: str = ""
+    #: DEFINED, TRANSITIONING or TRANSITION_FAILED.
+    status: str = "DEFINED"
+    auto_delete_target: bool = False
+    updated_ms: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    instance_id: str
+    #: HOST:PORT that routers dial.
+    endpoint: str
+    metrics_endpoint: str = ""
+    #: etcd lease the instance's keys live under; routers claim copies with it.
+    lease_id: int = 0
+    capacity_bytes: int = 0
+    used_bytes: int = 0
+    model_count: int = 0
+    #: ms epoch of the least recently used loaded model (0 if none).
+    oldest_lru_ms: int = 0
+    loading_threads: int = 0
+    loads_in_progress: int = 0
+    requests_per_min: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+    zone: str = ""
+    #: Model types this runtime can load (e.g. onnx, pytorch).
+    model_types: tuple[str, ...] = ()
+    device: str = "cpu"
+    shutting_down: bool = False
+    version: str = ""
+    start_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CopyRecord:
+    model_id: str
+    instance_id: str
+    state: str = LOADING
+    since_ms: int = 0
+    size_bytes: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRecord:
+    #: The policy document (validated by the policy module before it is stored).
+    document: dict[str, Any] = field(default_factory=dict)
+    updated_ms: int = 0
+
+
+Record = ModelRecord | VModelRecord | InstanceRecord | CopyRecord | PolicyRecord
+R = TypeVar("R", ModelRecord, VModelRecord, InstanceRecord, CopyRecord, PolicyRecord)
+
+_TUPLE_FIELDS = {"failures", "model_types"}
+
+
+def encode(record: Record) -> bytes:
+    data = dataclasses.asdict(record)
+    data["v"] = SCHEMA_VERSION
+    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode(cls: type[R], raw: bytes) -> R:
+    """Decodes a record, raising CorruptRecord (with the reason) on bad data."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptRecord(f"{cls.__name__}: value is not JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CorruptRecord(f"{cls.__name__}: value is not a JSON object")
+    version = data.pop("v", None)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise CorruptRecord(
+            f"{cls.__name__}: schema version {version!r} is not understood "
+            f"(this build reads <= {SCHEMA_VERSION})"
+        )
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in data.items() if k in names}
+    try:
+        if "failures" in kwargs:
+            kwargs["failures"] = tuple(LoadFailure(**f) for f in kwargs["failures"])
+        for name in _TUPLE_FIELDS & kwargs.keys() - {"failures"}:
+            kwargs[name] = tuple(kwargs[name])
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise CorruptRecord(f"{cls.__name__}: {e}") from None

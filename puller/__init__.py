@@ -1,0 +1,1 @@
+"""The puller: models from object storage into a local disk cache."""

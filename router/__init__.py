@@ -1,0 +1,1 @@
+"""The router: meshserve's single front door (management API + inference)."""

@@ -1,0 +1,59 @@
+"""Fixtures: a real etcd on loopback for the session, and stores over it.
+
+Each test gets its own key prefix (a fresh mesh name), so tests share one etcd
+without seeing each other's keys.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from mesh.etcd_server import LocalEtcd
+from mesh.registry.etcd_store import EtcdStore
+from mesh.registry.keys import KeySchema
+from mesh.registry.memory_store import MemoryStore
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEtcd]:
+    server = LocalEtcd(tmp_path_factory.mktemp("etcd"))
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def mesh_name() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def keys(mesh_name: str) -> KeySchema:
+    return KeySchema(mesh_name)
+
+
+@pytest.fixture
+async def etcd_store(etcd_server: LocalEtcd) -> AsyncIterator[EtcdStore]:
+    store = EtcdStore(etcd_server.endpoint, timeout_s=3.0)
+    await store.start()
+    yield store
+    await store.close()
+
+
+@pytest.fixture(params=["memory", "etcd"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[object]:
+    """The same contract, once per implementation."""
+    if request.param == "memory":
+        mem = MemoryStore()
+        await mem.start()
+        yield mem
+        await mem.close()
+    else:
+        server: LocalEtcd = request.getfixturevalue("etcd_server")
+        etcd = EtcdStore(server.endpoint, timeout_s=3.0)
+        await etcd.start()
+        yield etcd
+        await etcd.close()
