@@ -115,3 +115,35 @@ class ModelLoadFailed(MeshError):
     """A load was attempted and failed (bad file, storage error...)."""
 
     code = "INTERNAL"
+
+
+# -- storage (raised by the puller; the runtime reports them as failed loads) --
+
+
+class StorageError(MeshError):
+    """Base for problems fetching a model's files."""
+
+
+class StorageNotFound(StorageError):
+    code = "NOT_FOUND"
+
+
+class StorageAccessDenied(StorageError):
+    code = "PERMISSION_DENIED"
+
+
+class StorageUnreachable(StorageError):
+    code = "UNAVAILABLE"
+    retryable = True
+
+
+class CorruptModel(StorageError):
+    """Truncated or checksum-mismatched download, or a model file that does not parse."""
+
+    code = "DATA_LOSS"
+
+
+class UnsafeArchive(StorageError):
+    """An archive entry would land outside its target (absolute path, '..', link out)."""
+
+    code = "INVALID_ARGUMENT"

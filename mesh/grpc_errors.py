@@ -35,6 +35,7 @@ _BY_CODE: dict[str, type[errors.MeshError]] = {
     "UNAUTHENTICATED": errors.Unauthenticated,
     "UNIMPLEMENTED": errors.Unimplemented,
     "INTERNAL": errors.Internal,
+    "DATA_LOSS": errors.CorruptModel,
 }
 
 
