@@ -57,6 +57,10 @@ class FailedPrecondition(MeshError):
     code = "FAILED_PRECONDITION"
 
 
+class ModelLoadingFailed(FailedPrecondition):
+    """A model's loads failed too often recently; it stays failed until they expire."""
+
+
 class Conflict(MeshError):
     """A compare-and-set lost a race; re-read and try again."""
 

@@ -1,17 +1,35 @@
-"""`meshserve router`."""
+"""`meshserve router`: the single front door."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 
-from mesh.cli.pending import add_passthrough, not_yet
+from mesh.cli.common import add_registry_arguments, build_settings, run_until_signal, setup_logging
 
-HELP = "(not in this build yet: issue #5)"
+HELP = "run a router: ModelMesh management API, MeshAdmin and KServe V2 inference on one port"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_passthrough(p)
+    p.add_argument("--listen", help="HOST:PORT to serve on (env MESHSERVE_LISTEN; default 127.0.0.1:8033)")
+    add_registry_arguments(p)
+    p.add_argument("--metrics-listen", dest="metrics_listen",
+                   help="HOST:PORT for Prometheus metrics (env MESHSERVE_METRICS_LISTEN)")
 
 
 def run(args: argparse.Namespace) -> int:
-    return not_yet("router", 5)
+    from router.server import RouterServer
+    from router.settings import RouterSettings
+
+    settings = build_settings(RouterSettings, args)
+    setup_logging(settings.log_level)
+
+    async def main(stop: asyncio.Event) -> int:
+        server = RouterServer(settings)
+        await server.start()
+        print(f"router ready on {server.endpoint}", flush=True)
+        await stop.wait()
+        await server.stop()
+        return 0
+
+    return run_until_signal(main)

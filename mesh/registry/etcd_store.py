@@ -169,14 +169,13 @@ class EtcdStore:
 
     async def revoke_lease(self, lease_id: int) -> None:
         try:
-            await self._call(
-                "lease revoke",
-                lambda: self._client.leasestub.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease_id), timeout=self._timeout),
-            )
-        except RegistryUnavailable:
-            raise
-        except grpc.RpcError:  # already expired: nothing to do
-            pass
+            if self._client.leasestub is None:
+                await self._client.connect()
+            await self._client.leasestub.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease_id), timeout=self._timeout)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                return  # already expired or revoked: nothing to do
+            raise RegistryUnavailable(f"{self.description}: lease revoke failed ({_describe(e)})") from None
 
     # -- watch -------------------------------------------------------------
 

@@ -1,0 +1,104 @@
+"""``meshserve.v1.MeshAdmin``: what ModelMesh lacks (listing, cluster status, policy, drain)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+
+from mesh.clock import Clock
+from mesh.errors import InvalidArgument, NotFound
+from mesh.grpc_errors import translate_errors
+from mesh.proto.meshserve.v1 import admin_pb2 as adm
+from mesh.proto.meshserve.v1 import admin_pb2_grpc as adm_grpc
+from mesh.registry import records as rec
+from mesh.registry.registry import Registry
+from router.status import status_name
+from router.table import RoutingTable
+
+PolicyValidator = Any  # callable(dict) -> dict, raising InvalidArgument (issue #7 supplies the full one)
+
+
+def validate_policy_document(text: str) -> dict[str, Any]:
+    """Parses a policy document; the full schema lands with the policy work (issue #7)."""
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise InvalidArgument(f"policy document is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument("policy document must be a JSON object")
+    return doc
+
+
+class Admin(adm_grpc.MeshAdminServicer):
+    def __init__(self, registry: Registry, table: RoutingTable, clock: Clock, status_of: Any) -> None:
+        self._registry = registry
+        self._table = table
+        self._clock = clock
+        self._status_of = status_of
+
+    def _summary(self, m: rec.ModelRecord) -> adm.ModelSummary:
+        info = self._status_of(m.model_id)
+        return adm.ModelSummary(
+            model_id=m.model_id, type=m.type, path=m.path, status=status_name(info), size_bytes=m.size_bytes,
+            registered_ms=m.registered_ms, last_used_ms=m.last_used_ms, labels=m.labels,
+            min_copies=m.min_copies, max_copies=m.max_copies, errors=list(info.errors),
+            copies=[adm.CopyInfo(instance_id=i, state=c.state, since_ms=c.since_ms, size_bytes=c.size_bytes)
+                    for i, c in sorted(self._table.copies(m.model_id).items())],
+        )
+
+    @translate_errors
+    async def ListModels(self, request: adm.ListModelsRequest, context: grpc.aio.ServicerContext) -> adm.ListModelsResponse:  # noqa: N802
+        models, token = await self._registry.list_models(request.prefix, request.page_size, request.page_token)
+        return adm.ListModelsResponse(models=[self._summary(m) for m in models], next_page_token=token)
+
+    @translate_errors
+    async def GetClusterStatus(self, request: adm.GetClusterStatusRequest, context: grpc.aio.ServicerContext) -> adm.ClusterStatus:  # noqa: N802
+        mirror = self._table.mirror
+        per_instance: dict[str, list[str]] = {}
+        loaded = 0
+        for model_id, copies in mirror.copies.items():
+            for inst, c in copies.items():
+                if c.state == rec.LOADED:
+                    loaded += 1
+                    per_instance.setdefault(inst, []).append(model_id)
+        out = adm.ClusterStatus(registered_models=len(mirror.models), loaded_copies=loaded)
+        for r in sorted(mirror.instances.values(), key=lambda r: r.instance_id):
+            out.instances.append(adm.InstanceStatus(
+                instance_id=r.instance_id, endpoint=r.endpoint, capacity_bytes=r.capacity_bytes,
+                used_bytes=r.used_bytes, model_count=r.model_count, loads_in_progress=r.loads_in_progress,
+                shutting_down=r.shutting_down or r.instance_id in self._table.draining, zone=r.zone,
+                labels=r.labels, oldest_lru_ms=r.oldest_lru_ms, model_ids=sorted(per_instance.get(r.instance_id, [])),
+                metrics_endpoint=r.metrics_endpoint, version=r.version, start_ms=r.start_ms,
+            ))
+            out.capacity_bytes += r.capacity_bytes
+            out.used_bytes += r.used_bytes
+        return out
+
+    @translate_errors
+    async def GetPolicy(self, request: adm.GetPolicyRequest, context: grpc.aio.ServicerContext) -> adm.Policy:  # noqa: N802
+        got = await self._registry.get_policy()
+        if got is None:
+            return adm.Policy(document="{}", revision=0)
+        return adm.Policy(document=json.dumps(got.record.document, sort_keys=True), revision=got.mod_revision)
+
+    @translate_errors
+    async def SetPolicy(self, request: adm.SetPolicyRequest, context: grpc.aio.ServicerContext) -> adm.Policy:  # noqa: N802
+        doc = validate_policy_document(request.document)
+        if request.validate_only:
+            return adm.Policy(document=json.dumps(doc, sort_keys=True), revision=0)
+        revision = await self._registry.set_policy(
+            rec.PolicyRecord(doc, self._clock.now_ms()),
+            expected_revision=request.expected_revision or None,
+        )
+        return adm.Policy(document=json.dumps(doc, sort_keys=True), revision=revision)
+
+    @translate_errors
+    async def DrainInstance(self, request: adm.DrainInstanceRequest, context: grpc.aio.ServicerContext) -> adm.DrainInstanceResponse:  # noqa: N802
+        inst = request.instance_id
+        if inst not in self._table.mirror.instances:
+            raise NotFound(f"no runtime instance {inst!r} is registered (see GetClusterStatus)")
+        self._table.draining.add(inst)
+        models = sorted(m for m, copies in self._table.mirror.copies.items() if inst in copies)
+        return adm.DrainInstanceResponse(instance_id=inst, model_ids=models)

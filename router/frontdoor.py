@@ -1,0 +1,88 @@
+"""``inference.GRPCInferenceService`` on the router, as raw-bytes handlers.
+
+ModelInfer and ModelMetadata are forwarded without deserialising (the request
+may carry large tensors); ModelReady and the server calls are answered here from
+the mirror. Registered as a generic handler so requests arrive as bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import grpc
+from tritonclient.grpc import service_pb2 as v2
+
+from mesh.errors import InvalidArgument, MeshError
+from mesh.grpc_errors import translate_errors
+from router.forward import Forwarder
+from router.table import RoutingTable
+
+SERVICE = "inference.GRPCInferenceService"
+VERSION = "0.1.0"
+
+
+def _parse(cls: type, data: bytes):  # type: ignore[no-untyped-def]
+    try:
+        return cls.FromString(data)
+    except Exception:  # protobuf raises DecodeError and friends
+        raise InvalidArgument(f"request is not a valid {cls.__name__} message") from None
+
+
+class FrontDoor:
+    def __init__(self, forwarder: Forwarder, table: RoutingTable, default_timeout_s: float) -> None:
+        self._fwd = forwarder
+        self._table = table
+        self._default_timeout = default_timeout_s
+        self._ready = False
+
+    def set_ready(self, ready: bool) -> None:
+        self._ready = ready
+
+    def _timeout(self, context: grpc.aio.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        return self._default_timeout if remaining is None else remaining
+
+    @translate_errors
+    async def model_infer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return await self._fwd.forward(
+            f"/{SERVICE}/ModelInfer", request, context.invocation_metadata() or (), self._timeout(context))
+
+    @translate_errors
+    async def model_metadata(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return await self._fwd.forward(
+            f"/{SERVICE}/ModelMetadata", request, context.invocation_metadata() or (), self._timeout(context))
+
+    @translate_errors
+    async def model_ready(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        _parse(v2.ModelReadyRequest, request)
+        try:
+            model_id = self._fwd.resolve(context.invocation_metadata() or (), request)
+        except MeshError:
+            return v2.ModelReadyResponse(ready=False).SerializeToString()
+        return v2.ModelReadyResponse(ready=bool(self._table.loaded_on(model_id))).SerializeToString()
+
+    @translate_errors
+    async def server_live(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return v2.ServerLiveResponse(live=True).SerializeToString()
+
+    @translate_errors
+    async def server_ready(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return v2.ServerReadyResponse(ready=self._ready).SerializeToString()
+
+    @translate_errors
+    async def server_metadata(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return v2.ServerMetadataResponse(name="meshserve", version=VERSION, extensions=["model_mesh"]).SerializeToString()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        def unary(fn: Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]) -> grpc.RpcMethodHandler:
+            # No (de)serialisers: the handler sees and returns raw bytes.
+            return grpc.unary_unary_rpc_method_handler(fn)
+
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "ModelInfer": unary(self.model_infer),
+            "ModelMetadata": unary(self.model_metadata),
+            "ModelReady": unary(self.model_ready),
+            "ServerLive": unary(self.server_live),
+            "ServerReady": unary(self.server_ready),
+            "ServerMetadata": unary(self.server_metadata),
+        })

@@ -1,0 +1,70 @@
+"""gRPC channels to runtime instances: typed SPI calls and raw-byte forwarding."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+
+from mesh.proto.mmesh import model_runtime_pb2 as spi
+from mesh.proto.mmesh import model_runtime_pb2_grpc as spi_grpc
+
+
+class RuntimeClients:
+    """One channel per runtime endpoint, reused for every call."""
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self._options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.keepalive_time_ms", 30_000),
+        ]
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._raw: dict[tuple[str, str], Any] = {}
+        self._spi: dict[str, spi_grpc.ModelRuntimeStub] = {}
+
+    def _channel(self, endpoint: str) -> grpc.aio.Channel:
+        ch = self._channels.get(endpoint)
+        if ch is None:
+            ch = self._channels[endpoint] = grpc.aio.insecure_channel(endpoint, options=self._options)
+        return ch
+
+    def raw(self, endpoint: str, method: str) -> Any:
+        """A unary callable taking and returning bytes (no (de)serialisation)."""
+        key = (endpoint, method)
+        call = self._raw.get(key)
+        if call is None:
+            call = self._raw[key] = self._channel(endpoint).unary_unary(method)
+        return call
+
+    def spi(self, endpoint: str) -> spi_grpc.ModelRuntimeStub:
+        stub = self._spi.get(endpoint)
+        if stub is None:
+            stub = self._spi[endpoint] = spi_grpc.ModelRuntimeStub(self._channel(endpoint))
+        return stub
+
+    async def load_model(self, endpoint: str, model_id: str, type_: str, path: str, key: str,
+                         timeout_s: float) -> spi.LoadModelResponse:
+        req = spi.LoadModelRequest(modelId=model_id, modelType=type_, modelPath=path, modelKey=key)
+        return await self.spi(endpoint).loadModel(req, timeout=timeout_s)
+
+    async def unload_model(self, endpoint: str, model_id: str, timeout_s: float = 30.0) -> None:
+        await self.spi(endpoint).unloadModel(spi.UnloadModelRequest(modelId=model_id), timeout=timeout_s)
+
+    def forget(self, endpoint: str) -> None:
+        """Drops the channel of an instance that left."""
+        ch = self._channels.pop(endpoint, None)
+        self._spi.pop(endpoint, None)
+        for k in [k for k in self._raw if k[0] == endpoint]:
+            del self._raw[k]
+        if ch is not None:
+            # Closing is async; let the channel's own cleanup finish in the background.
+            asyncio.get_running_loop().create_task(ch.close())
+
+    async def close(self) -> None:
+        for ch in self._channels.values():
+            await ch.close()
+        self._channels.clear()
+        self._raw.clear()
+        self._spi.clear()

@@ -1,0 +1,102 @@
+"""The router process: one gRPC port for management, admin and inference."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mesh.clock import Clock, SystemClock
+from mesh.proto.meshserve.v1 import admin_pb2, admin_pb2_grpc
+from mesh.proto.mmesh import model_mesh_pb2, model_mesh_pb2_grpc
+from mesh.registry.etcd_store import EtcdStore
+from mesh.registry.keys import KeySchema
+from mesh.registry.mirror import RegistryMirror
+from mesh.registry.registry import Registry
+from mesh.registry.store import KVStore
+from mesh.tasks import TaskSet
+from router.admin import Admin
+from router.forward import Forwarder
+from router.frontdoor import SERVICE as V2_SERVICE
+from router.frontdoor import FrontDoor
+from router.loader import Loader
+from router.management import Management
+from router.runtimes import RuntimeClients
+from router.scaler import Scaler
+from router.settings import RouterSettings
+from router.table import RoutingTable
+
+log = logging.getLogger(__name__)
+
+
+class RouterServer:
+    """``start()`` returns once the mirror is loaded and the port is serving."""
+
+    def __init__(self, settings: RouterSettings, *, store: KVStore | None = None, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.store: KVStore = store or EtcdStore(settings.etcd, timeout_s=settings.etcd_timeout_s)
+        self.keys = KeySchema(settings.mesh)
+        self.registry = Registry(self.store, self.keys)
+        self.mirror = RegistryMirror(self.store, self.keys)
+        self.table = RoutingTable(self.mirror, self.clock)
+        self.runtimes = RuntimeClients(settings.max_message_bytes)
+        self.loader = Loader(settings, self.registry, self.table, self.runtimes, self.clock)
+        self.forwarder = Forwarder(self.table, self.loader, self.runtimes, self.clock, settings.max_attempts)
+        self.tasks = TaskSet("router")
+        self.management = Management(settings, self.registry, self.table, self.loader, self.runtimes, self.clock, self.tasks)
+        self.admin = Admin(self.registry, self.table, self.clock, self.management.status)
+        self.frontdoor = FrontDoor(self.forwarder, self.table, settings.default_timeout_s)
+        self.scaler = Scaler(settings, self.table, self.loader, self.forwarder, self.management, self.clock)
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self.port = 0
+
+    @property
+    def endpoint(self) -> str:
+        host = self.settings.listen.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        await self.store.start()
+        await self.mirror.start()
+        opts = [("grpc.max_send_message_length", self.settings.max_message_bytes),
+                ("grpc.max_receive_message_length", self.settings.max_message_bytes)]
+        server = grpc.aio.server(options=opts)
+        model_mesh_pb2_grpc.add_ModelMeshServicer_to_server(self.management, server)
+        admin_pb2_grpc.add_MeshAdminServicer_to_server(self.admin, server)
+        server.add_generic_rpc_handlers([self.frontdoor.handler()])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection([
+            model_mesh_pb2.DESCRIPTOR.services_by_name["ModelMesh"].full_name,
+            admin_pb2.DESCRIPTOR.services_by_name["MeshAdmin"].full_name,
+            V2_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME,
+        ], server)
+        self.port = server.add_insecure_port(self.settings.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.settings.listen}")
+        await server.start()
+        self._server = server
+        self.tasks.spawn(self.scaler.run(), "scaler")
+        self.management.vmodels.resume()
+        self.frontdoor.set_ready(True)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("router serving on %s", self.endpoint)
+
+    async def _set_health(self, status: int) -> None:
+        res = self.health.set("", status)
+        if asyncio.iscoroutine(res):
+            await res
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        self.frontdoor.set_ready(False)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._server is not None:
+            await self._server.stop(grace_s)
+        await self.tasks.close()
+        await self.mirror.stop()
+        await self.runtimes.close()
+        await self.store.close()

@@ -1,0 +1,30 @@
+"""The router's settings: flags over ``MESHSERVE_*`` variables, built once in main."""
+
+from __future__ import annotations
+
+from mesh.settings import ByteSize, CommonSettings
+
+
+class RouterSettings(CommonSettings):
+    #: Where the front door listens (management + inference on one port).
+    listen: str = "127.0.0.1:8033"
+    #: Prometheus metrics HOST:PORT; unset = no metrics endpoint.
+    metrics_listen: str | None = None
+    #: Deadline for inference requests that arrive without one, in seconds.
+    default_timeout_s: float = 60.0
+    #: Bound on one loadModel call to a runtime (seconds), also for sync registers.
+    load_timeout_s: float = 120.0
+    #: A failed load is remembered this long (ModelMesh: 15 min).
+    failure_ttl_s: float = 900.0
+    #: Active failures after which a model is LOADING_FAILED until they expire.
+    max_load_failures: int = 3
+    #: Another copy is added when requests/min per copy exceed this (ModelMesh: 2000).
+    scale_up_rpm: int = 2000
+    #: Extra copies (beyond a model's min copies, at least 1) unused this long are released.
+    idle_copy_s: float = 300.0
+    #: How often copy scaling and the janitor run, in seconds.
+    scale_interval_s: float = 10.0
+    #: Largest request or response message, in bytes.
+    max_message_bytes: ByteSize = 256 * 2**20
+    #: Attempts for one inference (other copies, reloads) within its deadline.
+    max_attempts: int = 4

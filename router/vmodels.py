@@ -1,0 +1,156 @@
+"""Virtual models: a stable name whose target moves only once the new model is loaded.
+
+setVModel to a new target marks the vmodel TRANSITIONING; a background task loads
+the target and then switches ``active`` to it with a compare-and-set (so requests
+keep going to the old model during the move and never fail because of it). A
+router restarting resumes transitions it finds in the registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import TYPE_CHECKING
+
+import grpc
+
+from mesh.errors import FailedPrecondition, MeshError, ModelNotFound
+from mesh.proto.mmesh import model_mesh_pb2 as mm
+from mesh.registry import records as rec
+from mesh.registry.ids import validate_id
+
+if TYPE_CHECKING:
+    from router.management import Management
+
+log = logging.getLogger(__name__)
+
+
+class VModels:
+    def __init__(self, mgmt: "Management") -> None:
+        self._m = mgmt
+        self._transitions: set[str] = set()
+
+    @property
+    def _table(self):  # type: ignore[no-untyped-def]
+        return self._m._table
+
+    def status(self, request: mm.GetVModelStatusRequest) -> mm.VModelStatusInfo:
+        vid = validate_id(request.vModelId, what="vmodel id")
+        v = self._table.mirror.vmodels.get(vid)
+        if v is not None and request.owner and v.owner and request.owner != v.owner:
+            raise FailedPrecondition(f"vmodel {vid!r} is owned by {v.owner!r}, not {request.owner!r}")
+        return self._status(vid)
+
+    def _status(self, vid: str) -> mm.VModelStatusInfo:
+        from router.status import vmodel_status
+
+        s = self._m._s
+        return vmodel_status(self._table, vid, self._m._clock.now_ms(), s.failure_ttl_s, s.max_load_failures)
+
+    async def set(self, req: mm.SetVModelRequest, context: grpc.aio.ServicerContext) -> mm.VModelStatusInfo:
+        vid = validate_id(req.vModelId, what="vmodel id")
+        target = validate_id(req.targetModelId, what="targetModelId")
+        if req.HasField("modelInfo"):
+            await self._m.register(target, req.modelInfo, auto_delete=req.autoDeleteTargetModel)
+        elif target not in self._table.mirror.models:
+            raise ModelNotFound(f"target model {target!r} is not registered: register it or pass modelInfo")
+        now = self._m._clock.now_ms()
+
+        def apply(cur: rec.VModelRecord | None) -> rec.VModelRecord:
+            if cur is None:
+                if req.updateOnly:
+                    raise ModelNotFound(f"vmodel {vid!r} does not exist (updateOnly was set)")
+                if req.expectedTargetModelId:
+                    raise FailedPrecondition(
+                        f"vmodel {vid!r} does not exist, but expectedTargetModelId "
+                        f"{req.expectedTargetModelId!r} was given")
+                return rec.VModelRecord(vid, target, target, req.owner, "DEFINED",
+                                        req.autoDeleteTargetModel, now)
+            if cur.owner and req.owner != cur.owner:
+                raise FailedPrecondition(f"vmodel {vid!r} is owned by {cur.owner!r}, not {req.owner!r}")
+            if req.expectedTargetModelId and req.expectedTargetModelId != cur.target_model:
+                raise FailedPrecondition(
+                    f"vmodel {vid!r} targets {cur.target_model!r}, not the expected {req.expectedTargetModelId!r}")
+            if target == cur.active_model or req.force:
+                return dataclasses.replace(cur, active_model=target, target_model=target, status="DEFINED",
+                                           auto_delete_target=req.autoDeleteTargetModel, updated_ms=now, error="")
+            return dataclasses.replace(cur, target_model=target, status="TRANSITIONING",
+                                       auto_delete_target=req.autoDeleteTargetModel, updated_ms=now, error="")
+
+        before = self._table.mirror.vmodels.get(vid)
+        v = await self._m._registry.update_vmodel(vid, apply)
+        assert v is not None
+        await self._table.mirror.wait_for(v.mod_revision)
+        if before is not None and before.active_model != v.record.active_model:
+            await self._maybe_auto_delete(before.active_model)
+        if v.record.status == "TRANSITIONING":
+            task = self._start_transition(vid)
+            if req.sync and task is not None:
+                await task
+        elif req.loadNow or req.sync:
+            if req.sync:
+                await self._m.load_and_report(target, context)
+            else:
+                self._m.load_in_background(target)
+        return self._status(vid)
+
+    async def delete(self, req: mm.DeleteVModelRequest) -> None:
+        vid = validate_id(req.vModelId, what="vmodel id")
+        cur = self._table.mirror.vmodels.get(vid)
+        if cur is None:
+            return
+        if cur.owner and req.owner != cur.owner:
+            raise FailedPrecondition(f"vmodel {vid!r} is owned by {cur.owner!r}, not {req.owner!r}")
+        await self._m._registry.delete_vmodel(vid)
+        await self._table.mirror.wait_for(await self._m._registry.store.revision())
+        for model_id in {cur.active_model, cur.target_model}:
+            await self._maybe_auto_delete(model_id)
+
+    async def _maybe_auto_delete(self, model_id: str) -> None:
+        model = self._table.mirror.models.get(model_id)
+        if model is not None and model.auto_delete and not self._table.vmodels_referring_to(model_id):
+            log.info("auto-deleting model %s (no vmodel refers to it any more)", model_id)
+            await self._m.delete_model(model_id)
+
+    def resume(self) -> None:
+        """Picks up transitions left unfinished (e.g. by a router that restarted)."""
+        for v in list(self._table.mirror.vmodels.values()):
+            if v.status == "TRANSITIONING":
+                self._start_transition(v.vmodel_id)
+
+    def _start_transition(self, vid: str):  # type: ignore[no-untyped-def]
+        if vid in self._transitions:
+            return None
+        self._transitions.add(vid)
+        return self._m._tasks.spawn(self._transition(vid), f"vmodel:{vid}")
+
+    async def _transition(self, vid: str) -> None:
+        try:
+            v = self._table.mirror.vmodels.get(vid)
+            if v is None or v.status != "TRANSITIONING":
+                return
+            target = v.target_model
+            error = ""
+            try:
+                await self._m._loader.ensure_loaded(target, self._m._clock.monotonic() + self._m._s.load_timeout_s)
+            except MeshError as e:
+                error = f"target model {target!r} failed to load: {e}"
+            now = self._m._clock.now_ms()
+
+            def switch(cur: rec.VModelRecord | None) -> rec.VModelRecord | None:
+                if cur is None or cur.target_model != target or cur.status != "TRANSITIONING":
+                    return cur  # moved on meanwhile; leave it
+                if error:
+                    return dataclasses.replace(cur, status="TRANSITION_FAILED", error=error, updated_ms=now)
+                return dataclasses.replace(cur, active_model=target, status="DEFINED", error="", updated_ms=now)
+
+            old_active = v.active_model
+            result = await self._m._registry.update_vmodel(vid, switch)
+            if result is not None:
+                await self._table.mirror.wait_for(result.mod_revision)
+                if result.record.active_model == target and old_active != target:
+                    await self._maybe_auto_delete(old_active)
+        except MeshError as e:
+            log.warning("transition of vmodel %s failed: %s", vid, e)
+        finally:
+            self._transitions.discard(vid)
