@@ -2,8 +2,8 @@
 
 Rendering: tests/kustomize_lite.py (checked against `kubectl kustomize` in
 test_kustomize_lite.py where kubectl exists). Schemas: the `kubernetes-validate`
-package's offline JSON schemas for the newest Kubernetes it knows, strict (unknown
-fields rejected). ServiceMonitor is a CRD: checked against the prometheus-operator
+package's offline JSON schemas for the oldest supported and the newest Kubernetes,
+strict (unknown fields rejected). ServiceMonitor is a CRD: checked against the prometheus-operator
 models of `cloudcoil-models-prometheus-operator` (generated from its CRD schema).
 """
 
@@ -20,7 +20,9 @@ import pytest
 from deploy_support import DEPLOY, meshserve_containers, pod_specs, rendered, variants
 
 VARIANTS = sorted(variants())
-K8S_VERSION = kubernetes_validate.utils.latest_version()
+#: The oldest Kubernetes deploy/README.md promises (native gRPC probes are GA in
+#: 1.27) and the newest the schemas know.
+K8S_VERSIONS = ["1.27.0", kubernetes_validate.utils.latest_version()]
 CRD_KINDS = {"ServiceMonitor"}
 #: Metric names of issue #7 that the dashboard is built on.
 METRICS = {
@@ -45,8 +47,9 @@ def test_the_expected_variants_exist() -> None:
     assert {"cpu", "gpu", "external-etcd", "cpu+hpa-requests-per-second"} <= set(VARIANTS)
 
 
+@pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_objects_match_kubernetes_schemas(variant: str) -> None:
+def test_objects_match_kubernetes_schemas(variant: str, version: str) -> None:
     objs = rendered(variant)
     assert objs
     problems = []
@@ -54,7 +57,7 @@ def test_objects_match_kubernetes_schemas(variant: str) -> None:
         if obj["kind"] in CRD_KINDS:
             continue
         try:
-            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+            kubernetes_validate.validate(obj, version, strict=True)
         except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as e:
             problems.append(f"{obj['kind']}/{obj['metadata']['name']}: {e.message}")
     assert not problems, "\n".join(problems)
