@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from kustomize_lite import render
+from tests.kustomize_lite import render
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

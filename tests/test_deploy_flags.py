@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from deploy_support import meshserve_containers, pod_specs, rendered, variants
+from tests.deploy_support import meshserve_containers, pod_specs, rendered, variants
 from mesh.cli import build_parser
 from mesh.settings import CommonSettings, parse_host_port
 

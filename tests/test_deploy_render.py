@@ -17,7 +17,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from deploy_support import DEPLOY, meshserve_containers, pod_specs, rendered, variants
+from tests.deploy_support import DEPLOY, meshserve_containers, pod_specs, rendered, variants
 
 VARIANTS = sorted(variants())
 #: The oldest Kubernetes deploy/README.md promises (native gRPC probes are GA in

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from deploy_support import variants
-from kustomize_lite import Unsupported, render
+from tests.deploy_support import variants
+from tests.kustomize_lite import Unsupported, render
 
 KUBECTL = shutil.which("kubectl")
 
