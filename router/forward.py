@@ -18,6 +18,7 @@ from mesh.clock import Clock
 from mesh.errors import DeadlineExceeded, InvalidArgument, MeshError, Unavailable
 from mesh.grpc_errors import from_rpc_error
 from router.loader import Loader
+from router.metrics import RouterMetrics
 from router.runtimes import RuntimeClients
 from router.table import RoutingTable
 from router.wire import read_field1
@@ -57,7 +58,8 @@ def model_name_from(metadata: Metadata, body: bytes | None) -> tuple[str, bool]:
 
 class Forwarder:
     def __init__(self, table: RoutingTable, loader: Loader, runtimes: RuntimeClients, clock: Clock,
-                 max_attempts: int = 4) -> None:
+                 max_attempts: int = 4, metrics: RouterMetrics | None = None) -> None:
+        self._metrics = metrics
         self._table = table
         self._loader = loader
         self._runtimes = runtimes
@@ -85,8 +87,10 @@ class Forwarder:
         passthrough = [(k, v) for k, v in metadata if k not in _DROP and not k.startswith(":")]
         md = (("mm-model-id", model_id), *passthrough)
         last: MeshError | None = None
-        for _ in range(self._max_attempts):
+        for attempt in range(self._max_attempts):
             instance_id = self._table.pick(model_id)
+            if self._metrics is not None and attempt == 0:
+                (self._metrics.hits if instance_id is not None else self._metrics.misses).inc()
             if instance_id is None:
                 instance_id = await self._loader.ensure_loaded(model_id, deadline)
             endpoint = self._table.endpoint(instance_id)
@@ -110,6 +114,8 @@ class Forwarder:
                 else:
                     raise from_rpc_error(e) from None
                 log.info("copy of %s on %s unusable (%s); retrying", model_id, instance_id, code.name)
+                if self._metrics is not None:
+                    self._metrics.retries.labels(code.name).inc()
                 last = from_rpc_error(e, f"model {model_id!r} on runtime {instance_id}")
             finally:
                 self._table.end(model_id, instance_id)

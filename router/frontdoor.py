@@ -7,7 +7,10 @@ the mirror. Registered as a generic handler so requests arrive as bytes.
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 from tritonclient.grpc import service_pb2 as v2
@@ -15,6 +18,7 @@ from tritonclient.grpc import service_pb2 as v2
 from mesh.errors import InvalidArgument, MeshError
 from mesh.grpc_errors import translate_errors
 from router.forward import Forwarder
+from router.metrics import RouterMetrics
 from router.table import RoutingTable
 
 SERVICE = "inference.GRPCInferenceService"
@@ -28,11 +32,41 @@ def _parse(cls: type, data: bytes):  # type: ignore[no-untyped-def]
         raise InvalidArgument(f"request is not a valid {cls.__name__} message") from None
 
 
+def instrumented(method: str) -> Callable[[Any], Any]:
+    """Counts and times a handler by outcome (below translate_errors, so it sees the error)."""
+
+    def wrap(fn: Any) -> Any:
+        @functools.wraps(fn)
+        async def inner(self: "FrontDoor", request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            m = self._metrics
+            if m is None:
+                return await fn(self, request, context)  # type: ignore[no-any-return]
+            t0 = time.perf_counter()
+            code = "OK"
+            try:
+                return await fn(self, request, context)  # type: ignore[no-any-return]
+            except MeshError as e:
+                code = e.code
+                raise
+            except Exception:
+                code = "INTERNAL"
+                raise
+            finally:
+                m.requests.labels(method, code).inc()
+                m.latency.labels(method).observe(time.perf_counter() - t0)
+
+        return inner
+
+    return wrap
+
+
 class FrontDoor:
-    def __init__(self, forwarder: Forwarder, table: RoutingTable, default_timeout_s: float) -> None:
+    def __init__(self, forwarder: Forwarder, table: RoutingTable, default_timeout_s: float,
+                 metrics: RouterMetrics | None = None) -> None:
         self._fwd = forwarder
         self._table = table
         self._default_timeout = default_timeout_s
+        self._metrics = metrics
         self._ready = False
 
     def set_ready(self, ready: bool) -> None:
@@ -43,11 +77,13 @@ class FrontDoor:
         return self._default_timeout if remaining is None else remaining
 
     @translate_errors
+    @instrumented("ModelInfer")
     async def model_infer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return await self._fwd.forward(
             f"/{SERVICE}/ModelInfer", request, context.invocation_metadata() or (), self._timeout(context))
 
     @translate_errors
+    @instrumented("ModelMetadata")
     async def model_metadata(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return await self._fwd.forward(
             f"/{SERVICE}/ModelMetadata", request, context.invocation_metadata() or (), self._timeout(context))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Callable
 
 import grpc
 
@@ -50,8 +51,8 @@ class Loader:
         self._clock = clock
         self._placement = placement
         self._inflight: dict[str, asyncio.Task[str]] = {}
-        #: Loads started and finished by this router (for metrics and tests).
-        self.loads_started = 0
+        #: outcome -> count; the server exports it as meshserve_router_loads_total.
+        self.on_load: Callable[[str], None] = lambda outcome: None
 
     def view(self) -> ClusterView:
         insts = self._table.mirror.instances
@@ -164,11 +165,11 @@ class Loader:
             raise Unavailable(f"runtime {instance_id} is gone ({e})") from None
         if claimed is None:
             raise _Lost()
-        self.loads_started += 1
         timeout = min(self._s.load_timeout_s, remaining)
         try:
             resp = await self._runtimes.load_model(inst.endpoint, model.model_id, model.type, model.path, model.key, timeout)
         except grpc.aio.AioRpcError as e:
+            self.on_load(e.code().name)
             await self._cleanup_failed(model.model_id, instance_id, inst.endpoint, e.code())
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise DeadlineExceeded(f"loading model {model.model_id!r} on {instance_id} timed out after {timeout:.1f}s") from None
@@ -176,6 +177,7 @@ class Loader:
         except asyncio.CancelledError:
             await asyncio.shield(self._cleanup_failed(model.model_id, instance_id, inst.endpoint, grpc.StatusCode.CANCELLED))
             raise
+        self.on_load("OK")
         if resp.sizeInBytes and (not model.size_measured or model.size_bytes != resp.sizeInBytes):
             size = int(resp.sizeInBytes)
             try:

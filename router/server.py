@@ -24,6 +24,7 @@ from router.frontdoor import SERVICE as V2_SERVICE
 from router.frontdoor import FrontDoor
 from router.loader import Loader
 from router.management import Management
+from router.metrics import RouterMetrics
 from router.runtimes import RuntimeClients
 from router.scaler import Scaler
 from router.settings import RouterSettings
@@ -45,15 +46,19 @@ class RouterServer:
         self.table = RoutingTable(self.mirror, self.clock)
         self.runtimes = RuntimeClients(settings.max_message_bytes)
         self.loader = Loader(settings, self.registry, self.table, self.runtimes, self.clock)
-        self.forwarder = Forwarder(self.table, self.loader, self.runtimes, self.clock, settings.max_attempts)
+        self.metrics = RouterMetrics()
+        self.loader.on_load = lambda outcome: self.metrics.loads.labels(outcome).inc()
+        self.forwarder = Forwarder(self.table, self.loader, self.runtimes, self.clock, settings.max_attempts,
+                                   self.metrics)
         self.tasks = TaskSet("router")
         self.management = Management(settings, self.registry, self.table, self.loader, self.runtimes, self.clock, self.tasks)
         self.admin = Admin(self.registry, self.table, self.clock, self.management.status)
-        self.frontdoor = FrontDoor(self.forwarder, self.table, settings.default_timeout_s)
+        self.frontdoor = FrontDoor(self.forwarder, self.table, settings.default_timeout_s, self.metrics)
         self.scaler = Scaler(settings, self.table, self.loader, self.forwarder, self.management, self.clock)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self.port = 0
+        self.metrics_port = 0
 
     @property
     def endpoint(self) -> str:
@@ -80,6 +85,12 @@ class RouterServer:
             raise OSError(f"cannot listen on {self.settings.listen}")
         await server.start()
         self._server = server
+        m = self.metrics
+        m.registered.set_function(lambda: len(self.mirror.models))
+        m.instances.set_function(lambda: len(self.mirror.instances))
+        m.loaded_copies.set_function(lambda: sum(len(c) for c in self.mirror.copies.values()))
+        if self.settings.metrics_listen:
+            self.metrics_port = m.serve(self.settings.metrics_listen)
         self.tasks.spawn(self.scaler.run(), "scaler")
         self.management.vmodels.resume()
         self.frontdoor.set_ready(True)
@@ -100,3 +111,4 @@ class RouterServer:
         await self.mirror.stop()
         await self.runtimes.close()
         await self.store.close()
+        self.metrics.close()

@@ -1,17 +1,232 @@
-"""Client verbs against a router: register, unregister, status, models, infer, cluster."""
+"""Client verbs against a router: register, unregister, status, models, infer, cluster.
+
+Each talks gRPC to ``--router`` (env ``MESHSERVE_ROUTER``, default
+127.0.0.1:8033) and prints a human table, or JSON with ``--json``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from typing import Any
 
-from mesh.cli.pending import add_passthrough, not_yet
+import grpc
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-HELP = "(not in this build yet: issue #5)"
+from mesh.errors import InvalidArgument, MeshError
+from mesh.grpc_errors import from_rpc_error
+
+HELPS = {
+    "register": "register a model with the mesh (ModelMesh registerModel)",
+    "unregister": "unregister a model (unloads its copies)",
+    "status": "show a model's (or with --vmodel, a vmodel's) status and copies",
+    "models": "list registered models with their status",
+    "infer": "send one inference request through the router and print the outputs",
+    "cluster": "show runtime instances, capacity and loaded copies",
+}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_passthrough(p)
+class ClientSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MESHSERVE_", extra="ignore")
+    #: Router HOST:PORT the client verbs talk to.
+    router: str = "127.0.0.1:8033"
+    #: Seconds to wait for one call (a sync register or a cold inference may load a model).
+    timeout_s: float = 120.0
+
+
+def help_for(name: str) -> str:
+    return HELPS[name]
+
+
+def add_arguments_for(name: str, p: argparse.ArgumentParser) -> None:
+    p.add_argument("--router", help="router HOST:PORT (env MESHSERVE_ROUTER; default 127.0.0.1:8033)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    if name in ("register", "unregister", "status", "infer"):
+        p.add_argument("id", help="model id" + (" (or vmodel id with --vmodel)" if name in ("status", "infer") else ""))
+    if name == "register":
+        p.add_argument("--type", required=True, help="model type, e.g. onnx or pytorch")
+        p.add_argument("--path", required=True, help="storage URI or local path of the model")
+        p.add_argument("--key", default="", help="storage key JSON (storage_key, storage_params, sha256...)")
+        p.add_argument("--load-now", action="store_true", help="start loading at once")
+        p.add_argument("--sync", action="store_true", help="with --load-now: wait until loaded")
+    if name in ("status", "infer"):
+        p.add_argument("--vmodel", action="store_true", help="the id names a vmodel")
+    if name == "models":
+        p.add_argument("--prefix", default="", help="only ids starting with this")
+        p.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
+    if name == "infer":
+        p.add_argument("--input", required=True, help="input tensor as JSON, e.g. '[[1.0, 2.0]]'")
+        p.add_argument("--input-name", help="input name (default: the model's first input)")
+        p.add_argument("--datatype", help="V2 datatype (default: the model's, else FP32)")
+
+
+def _emit(args: argparse.Namespace, data: Any, table: list[str]) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True) if args.json else "\n".join(table))
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
 
 
 def run(args: argparse.Namespace) -> int:
-    return not_yet(args.command, 5)
+    overrides = {"router": args.router} if args.router else {}
+    settings = ClientSettings(**overrides)
+    channel = grpc.insecure_channel(settings.router, options=[("grpc.max_receive_message_length", 256 * 2**20)])
+    try:
+        return _COMMANDS[args.command](args, channel, settings.timeout_s)
+    except grpc.RpcError as e:
+        code = e.code()  # type: ignore[attr-defined]
+        if code == grpc.StatusCode.UNAVAILABLE:
+            raise MeshError(f"cannot reach the router at {settings.router} ({e.details()}); "  # type: ignore[attr-defined]
+                            "start one (meshserve up) or set --router / MESHSERVE_ROUTER") from None
+        err = from_rpc_error(e)
+        print(f"meshserve {args.command}: {code.name}: {err}", file=sys.stderr)
+        return 1
+    finally:
+        channel.close()
+
+
+def _status_rows(info: Any) -> tuple[dict[str, Any], list[str]]:
+    from mesh.proto.mmesh import model_mesh_pb2 as mm
+
+    name = mm.ModelStatusInfo.ModelStatus.Name
+    data = {"status": name(info.status), "errors": list(info.errors),
+            "copies": [{"location": c.location, "status": name(c.copyStatus), "time": c.time} for c in info.modelCopyInfos]}
+    rows = [f"status: {data['status']}"]
+    rows += [f"  copy on {c['location']}: {c['status']}" for c in data["copies"]]
+    rows += [f"  error: {e}" for e in data["errors"]]
+    return data, rows
+
+
+def _register(args: argparse.Namespace, channel: grpc.Channel, timeout: float) -> int:
+    from mesh.proto.mmesh import model_mesh_pb2 as mm
+    from mesh.proto.mmesh import model_mesh_pb2_grpc as mm_grpc
+
+    req = mm.RegisterModelRequest(modelId=args.id, modelInfo=mm.ModelInfo(type=args.type, path=args.path, key=args.key),
+                                  loadNow=args.load_now or args.sync, sync=args.sync)
+    info = mm_grpc.ModelMeshStub(channel).registerModel(req, timeout=timeout)
+    data, rows = _status_rows(info)
+    _emit(args, {"model_id": args.id, **data}, [f"registered {args.id}", *rows])
+    return 0
+
+
+def _unregister(args: argparse.Namespace, channel: grpc.Channel, timeout: float) -> int:
+    from mesh.proto.mmesh import model_mesh_pb2 as mm
+    from mesh.proto.mmesh import model_mesh_pb2_grpc as mm_grpc
+
+    mm_grpc.ModelMeshStub(channel).unregisterModel(mm.UnregisterModelRequest(modelId=args.id), timeout=timeout)
+    _emit(args, {"model_id": args.id, "unregistered": True}, [f"unregistered {args.id}"])
+    return 0
+
+
+def _status(args: argparse.Namespace, channel: grpc.Channel, timeout: float) -> int:
+    from mesh.proto.mmesh import model_mesh_pb2 as mm
+    from mesh.proto.mmesh import model_mesh_pb2_grpc as mm_grpc
+
+    stub = mm_grpc.ModelMeshStub(channel)
+    if args.vmodel:
+        v = stub.getVModelStatus(mm.GetVModelStatusRequest(vModelId=args.id), timeout=timeout)
+        active, arows = _status_rows(v.activeModelStatus)
+        data = {"vmodel_id": args.id, "status": mm.VModelStatusInfo.VModelStatus.Name(v.status),
+                "active_model": v.activeModelId, "target_model": v.targetModelId, "active": active}
+        _emit(args, data, [f"vmodel {args.id}: {data['status']}", f"  active {v.activeModelId}, target {v.targetModelId}",
+                           *("  " + r for r in arows)])
+        return 0 if v.status != mm.VModelStatusInfo.NOT_FOUND else 1
+    info = stub.getModelStatus(mm.GetStatusRequest(modelId=args.id), timeout=timeout)
+    data, rows = _status_rows(info)
+    _emit(args, {"model_id": args.id, **data}, [f"model {args.id}", *rows])
+    return 0 if info.status != mm.ModelStatusInfo.NOT_FOUND else 1
+
+
+def _models(args: argparse.Namespace, channel: grpc.Channel, timeout: float) -> int:
+    from mesh.proto.meshserve.v1 import admin_pb2 as adm
+    from mesh.proto.meshserve.v1 import admin_pb2_grpc as adm_grpc
+
+    stub = adm_grpc.MeshAdminStub(channel)
+    out: list[Any] = []
+    token = ""
+    while True:
+        page = stub.ListModels(adm.ListModelsRequest(prefix=args.prefix, page_size=500, page_token=token), timeout=timeout)
+        out.extend(page.models)
+        token = page.next_page_token
+        if not token or (args.limit and len(out) >= args.limit):
+            break
+    if args.limit:
+        out = out[: args.limit]
+    data = [{"model_id": m.model_id, "type": m.type, "status": m.status, "size_bytes": m.size_bytes,
+             "copies": [c.instance_id for c in m.copies if c.state == "LOADED"], "path": m.path} for m in out]
+    width = max([len(d["model_id"]) for d in data] + [8])
+    rows = [f"{'MODEL':<{width}}  {'TYPE':<8} {'STATUS':<15} {'SIZE':>10}  COPIES"]
+    rows += [f"{d['model_id']:<{width}}  {d['type']:<8} {d['status']:<15} {_fmt_bytes(d['size_bytes']):>10}  "
+             f"{','.join(d['copies']) or '-'}" for d in data]
+    rows.append(f"{len(data)} model(s)")
+    _emit(args, data, rows)
+    return 0
+
+
+def _cluster(args: argparse.Namespace, channel: grpc.Channel, timeout: float) -> int:
+    from mesh.proto.meshserve.v1 import admin_pb2 as adm
+    from mesh.proto.meshserve.v1 import admin_pb2_grpc as adm_grpc
+
+    c = adm_grpc.MeshAdminStub(channel).GetClusterStatus(adm.GetClusterStatusRequest(), timeout=timeout)
+    data = {"registered_models": c.registered_models, "loaded_copies": c.loaded_copies,
+            "capacity_bytes": c.capacity_bytes, "used_bytes": c.used_bytes,
+            "instances": [{"instance_id": i.instance_id, "endpoint": i.endpoint, "capacity_bytes": i.capacity_bytes,
+                           "used_bytes": i.used_bytes, "model_count": i.model_count, "models": list(i.model_ids),
+                           "shutting_down": i.shutting_down, "metrics_endpoint": i.metrics_endpoint}
+                          for i in c.instances]}
+    rows = [f"{c.registered_models} registered model(s), {c.loaded_copies} loaded cop(ies), "
+            f"{_fmt_bytes(c.used_bytes)} used of {_fmt_bytes(c.capacity_bytes)}",
+            f"{'INSTANCE':<24} {'ENDPOINT':<22} {'USED':>10} {'CAPACITY':>10} {'MODELS':>6}  STATE"]
+    for i in c.instances:
+        rows.append(f"{i.instance_id:<24} {i.endpoint:<22} {_fmt_bytes(i.used_bytes):>10} "
+                    f"{_fmt_bytes(i.capacity_bytes):>10} {i.model_count:>6}  "
+                    f"{'draining' if i.shutting_down else 'serving'}")
+    _emit(args, data, rows)
+    return 0
+
+
+def _infer(args: argparse.Namespace, channel: grpc.Channel, timeout: float) -> int:
+    import numpy as np
+    from tritonclient.grpc import service_pb2 as v2
+    from tritonclient.grpc import service_pb2_grpc as v2_grpc
+    from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
+
+    try:
+        value = json.loads(args.input)
+    except ValueError as e:
+        raise InvalidArgument(f"--input is not JSON ({e}); e.g. --input '[[1.0, 2.0]]'") from None
+    stub = v2_grpc.GRPCInferenceServiceStub(channel)
+    md = (("mm-vmodel-id" if args.vmodel else "mm-model-id", args.id),)
+    meta = stub.ModelMetadata(v2.ModelMetadataRequest(name=args.id), metadata=md, timeout=timeout)
+    first = meta.inputs[0] if meta.inputs else None
+    name = args.input_name or (first.name if first else "INPUT0")
+    datatype = args.datatype or next((i.datatype for i in meta.inputs if i.name == name), "FP32")
+    np_type = triton_to_np_dtype(datatype)
+    if np_type is None or datatype == "BYTES":
+        raise InvalidArgument(f"datatype {datatype!r} is not supported by 'meshserve infer'")
+    try:
+        arr = np.asarray(value, dtype=np_type)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgument(f"--input does not convert to {datatype}: {e}") from None
+    req = v2.ModelInferRequest(model_name=args.id)
+    req.inputs.add(name=name, datatype=np_to_triton_dtype(arr.dtype), shape=list(arr.shape))
+    req.raw_input_contents.append(arr.tobytes())
+    resp = stub.ModelInfer(req, metadata=md, timeout=timeout)
+    outputs = {}
+    for i, out in enumerate(resp.outputs):
+        dtype = triton_to_np_dtype(out.datatype)
+        raw = resp.raw_output_contents[i] if i < len(resp.raw_output_contents) else b""
+        outputs[out.name] = np.frombuffer(raw, dtype=dtype).reshape(list(out.shape)).tolist()
+    _emit(args, {"model": resp.model_name, "outputs": outputs},
+          [f"model {resp.model_name}"] + [f"{k}: {json.dumps(v)}" for k, v in outputs.items()])
+    return 0
+
+
+_COMMANDS = {"register": _register, "unregister": _unregister, "status": _status, "models": _models,
+             "infer": _infer, "cluster": _cluster}

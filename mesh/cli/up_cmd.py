@@ -1,70 +1,61 @@
-"""`meshserve up`: a local mesh in the foreground.
-
-Today it starts (or joins) etcd and prints the cluster as the registry sees it;
-the runtime and router issues add the processes behind it.
-"""
+"""`meshserve up`: a local mesh in the foreground (etcd, runtimes, router)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
-from pathlib import Path
 
-from mesh.cli.common import add_registry_arguments, build_settings, run_until_signal, setup_logging
-from mesh.etcd_server import LocalEtcd
-from mesh.registry.etcd_store import EtcdStore
-from mesh.registry.keys import KeySchema
-from mesh.registry.mirror import RegistryMirror
-from mesh.settings import CommonSettings
+from mesh.cli.common import run_until_signal, setup_logging
+from mesh.settings import parse_bytes, parse_host_port
 
-HELP = "start a local mesh in the foreground (local etcd unless --etcd is given)"
+HELP = "start a local mesh in the foreground: etcd (unless --etcd), N runtimes and a router"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_registry_arguments(p)
-    p.add_argument("--data-dir", help="where local etcd and caches keep their files (default: a temp dir)")
-    p.add_argument("--once", action="store_true", help="print the cluster status and exit instead of waiting")
-
-
-def describe(mirror: RegistryMirror, endpoint: str, mesh: str) -> str:
-    lines = [f"meshserve mesh '{mesh}' on etcd {endpoint}",
-             f"  registered models: {len(mirror.models)}  vmodels: {len(mirror.vmodels)}",
-             f"  runtime instances: {len(mirror.instances)}  loaded copies: {sum(len(c) for c in mirror.copies.values())}"]
-    for inst in mirror.instances.values():
-        lines.append(f"    {inst.instance_id} {inst.endpoint} used {inst.used_bytes}/{inst.capacity_bytes} B, "
-                     f"{inst.model_count} models")
-    return "\n".join(lines)
+    p.add_argument("--runtimes", type=int, default=2, help="runtime processes to start (default 2)")
+    p.add_argument("--listen", default="127.0.0.1:8033", help="router HOST:PORT (default 127.0.0.1:8033)")
+    p.add_argument("--etcd", help="use this etcd HOST:PORT instead of starting a local one")
+    p.add_argument("--mesh", default="default", help="mesh name (default 'default')")
+    p.add_argument("--capacity", help="memory per runtime, e.g. 512Mi (default: derived from the host)")
+    p.add_argument("--data-dir", help="where etcd data, model caches and logs go (default: a temp dir)")
+    p.add_argument("--metrics-listen", help="router metrics HOST:PORT (runtimes get free ports)")
+    p.add_argument("--demo", action="store_true",
+                   help="register generated models, send inference, show placements and an eviction, then exit")
+    p.add_argument("--log-level", default="WARNING", help="log level of this process (default WARNING)")
 
 
 def run(args: argparse.Namespace) -> int:
-    given_etcd = args.etcd
-    args.etcd = args.etcd or "127.0.0.1:2379"
-    settings = build_settings(CommonSettings, argparse.Namespace(etcd=args.etcd, mesh=args.mesh))
-    setup_logging(settings.log_level)
+    from mesh.cli.local_mesh import LocalMesh
+
+    parse_host_port(args.listen, what="--listen")
+    if args.etcd:
+        parse_host_port(args.etcd, what="--etcd")
+    if args.capacity:
+        parse_bytes(args.capacity)
+    if args.runtimes < 1:
+        from mesh.errors import InvalidArgument
+
+        raise InvalidArgument("--runtimes must be at least 1")
+    setup_logging(args.log_level)
 
     async def main(stop: asyncio.Event) -> int:
-        local: LocalEtcd | None = None
-        endpoint = settings.etcd
-        if not given_etcd:
-            data = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="meshserve-up-"))
-            local = LocalEtcd(data / "etcd")
-            await asyncio.get_running_loop().run_in_executor(None, local.start)
-            endpoint = local.endpoint
-        store = EtcdStore(endpoint, timeout_s=settings.etcd_timeout_s)
+        local = LocalMesh(runtimes=args.runtimes, listen=args.listen, etcd=args.etcd, capacity=args.capacity,
+                          data_dir=args.data_dir, mesh=args.mesh, metrics_listen=args.metrics_listen)
         try:
-            await store.start()
-            mirror = RegistryMirror(store, KeySchema(settings.mesh))
-            await mirror.start()
-            print(describe(mirror, endpoint, settings.mesh), flush=True)
-            if not args.once:
-                print("ready; Ctrl-C stops", flush=True)
-                await stop.wait()
-            await mirror.stop()
+            await local.start()
+            print(f"meshserve up: router on {local.endpoint}, {len(local.procs)} runtime(s), "
+                  f"etcd {local.etcd}, data in {local.data_dir}", flush=True)
+            for p in local.procs:
+                print(f"  runtime {p.instance_id} on {p.endpoint} (metrics {p.metrics_endpoint}, log {p.log_path})",
+                      flush=True)
+            if args.demo:
+                from mesh.cli.demo import run_demo
+
+                return await run_demo(local)
+            print(f"ready: try  meshserve cluster --router {local.endpoint}   (Ctrl-C stops)", flush=True)
+            await stop.wait()
+            return 0
         finally:
-            await store.close()
-            if local:
-                local.cleanup()
-        return 0
+            await local.stop()
 
     return run_until_signal(main)
