@@ -1,0 +1,165 @@
+"""``http(s)://``: one file from a web server (HTTP has no listing, so no folders).
+
+The storage entry may add ``headers`` (an object of name -> value or list of values,
+e.g. an Authorization token), a ``certificate`` (PEM CA bundle for a private server)
+and ``client_certificate`` + ``client_key`` (mutual TLS), as in ModelMesh. TLS is
+verified unless the entry says ``"insecure_skip_verify": true``. The version is the
+ETag, else Last-Modified, else the size. Redirects are followed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import requests
+
+from mesh.errors import (
+    CorruptModel,
+    InvalidArgument,
+    StorageAccessDenied,
+    StorageConfigInvalid,
+    StorageError,
+    StorageNotFound,
+    StorageUnreachable,
+)
+from puller.backends import ClientCache, Listing, ProgressFn, RemoteObject
+from puller.settings import PullerSettings
+from puller.source import Source
+
+_CHUNK = 1 << 20
+
+
+class HttpBackend:
+    def __init__(self, settings: PullerSettings) -> None:
+        self._timeout = (settings.connect_timeout_s, settings.read_timeout_s)
+        self._sessions = ClientCache(_make_session, _close_session)
+
+    def _session(self, source: Source) -> requests.Session:
+        return self._sessions.get(source)[0]
+
+    def list(self, source: Source) -> Listing:
+        path = urlsplit(source.path).path
+        if path.endswith("/") or not path.strip("/"):
+            raise InvalidArgument(
+                f"{source.display}: HTTP cannot list a folder; point at one file (an archive for several)"
+            )
+        try:
+            resp = self._session(source).head(source.path, timeout=self._timeout, allow_redirects=True)
+        except requests.RequestException as e:
+            raise _translate_exc(e, source) from None
+        if resp.status_code == 405:  # some servers refuse HEAD: the GET will tell
+            return Listing([RemoteObject(source.path, _basename(path), None, "unknown")], True)
+        _check_status(resp, source)
+        size = resp.headers.get("Content-Length")
+        etag, modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
+        version = etag.strip('"') if etag else f"lm:{modified}" if modified else f"size:{size}"
+        return Listing([RemoteObject(source.path, _basename(path), int(size) if size else None, version)], True)
+
+    def download(self, source: Source, obj: RemoteObject, dest: Path, progress: ProgressFn) -> None:
+        # Identity encoding: the Content-Length must count the bytes we write.
+        headers = {"Accept-Encoding": "identity"}
+        if not obj.version.startswith(("W/", "lm:", "size:", "unknown")):
+            headers["If-Match"] = f'"{obj.version}"'  # a strong ETag: refuse a file replaced mid-pull
+        written = 0
+        try:
+            with self._session(source).get(obj.address, stream=True, timeout=self._timeout, headers=headers) as resp:
+                if resp.status_code == 412:
+                    raise StorageUnreachable(f"{source.display}: the file changed during the download")
+                _check_status(resp, source)
+                expected = resp.headers.get("Content-Length")
+                with open(dest, "wb") as f:
+                    for chunk in resp.raw.stream(_CHUNK, decode_content=False):
+                        f.write(chunk)
+                        written += len(chunk)
+                        progress(len(chunk))
+        except requests.RequestException as e:
+            raise _translate_exc(e, source) from None
+        except Exception as e:
+            import urllib3.exceptions as u3
+
+            if isinstance(e, u3.HTTPError):
+                raise _translate_exc(e, source, written) from None
+            raise
+        if expected is not None and written != int(expected):
+            raise CorruptModel(f"{source.display}: got {written} of {expected} bytes", retryable=True)
+
+    def close(self) -> None:
+        self._sessions.close()
+
+
+def _close_session(item: tuple[requests.Session, list[str]]) -> None:
+    session, files = item
+    session.close()
+    for name in files:  # the PEM files written for this entry
+        Path(name).unlink(missing_ok=True)
+
+
+def _basename(path: str) -> str:
+    return unquote(path.rstrip("/").rsplit("/", 1)[-1])
+
+
+def _make_session(source: Source) -> tuple[requests.Session, list[str]]:
+    session = requests.Session()
+    files: list[str] = []
+    spec = source.spec
+    if spec is None:
+        return session, files
+
+    def pem_file(text: str) -> str:
+        fd, name = tempfile.mkstemp(prefix="meshserve-", suffix=".pem")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        files.append(name)
+        return name
+
+    headers = spec.get("headers") or {}
+    if not isinstance(headers, dict):
+        raise StorageConfigInvalid(f"{spec.describe()}: \"headers\" must be a JSON object of name -> value")
+    for name, value in headers.items():
+        session.headers[name] = ", ".join(value) if isinstance(value, list) else str(value)
+    if spec.get("certificate"):
+        session.verify = pem_file(spec.get("certificate"))
+    if spec.flag("insecure_skip_verify"):
+        session.verify = False
+    cert, key = spec.get("client_certificate"), spec.get("client_key")
+    if bool(cert) != bool(key):
+        raise StorageConfigInvalid(f"{spec.describe()}: give both client_certificate and client_key, or neither")
+    if cert:
+        session.cert = (pem_file(cert), pem_file(key))
+    return session, files
+
+
+def _check_status(resp: requests.Response, source: Source) -> None:
+    code = resp.status_code
+    if code < 400:
+        return
+    if code in (401, 403):
+        raise StorageAccessDenied(
+            f"{source.display}: the server answered {code} using {source.describe_credentials()}; "
+            "check the entry's \"headers\" (e.g. an Authorization token) and that it may read this file"
+        )
+    if code in (404, 410):
+        raise StorageNotFound(f"{source.display}: the server answered {code}; check the URL")
+    if code >= 500 or code in (408, 429):
+        raise StorageUnreachable(f"{source.display}: the server answered {code}")
+    raise StorageError(f"{source.display}: the server refused the request ({code})")
+
+
+def _translate_exc(e: Exception, source: Source, written: int = 0) -> StorageError:
+    import urllib3.exceptions as u3
+
+    if isinstance(e, requests.exceptions.SSLError):
+        return StorageUnreachable(
+            f"{source.display}: TLS verification failed; give the server's CA as \"certificate\" in the "
+            "storage entry", retryable=False)
+    text = str(e)
+    if isinstance(e, (requests.exceptions.ChunkedEncodingError, u3.ProtocolError)) and (
+            "IncompleteRead" in text or "InvalidChunkLength" in text):
+        return CorruptModel(f"{source.display}: the download was cut short after {written} bytes", retryable=True)
+    if isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError,
+                      u3.HTTPError)):
+        return StorageUnreachable(f"{source.display}: cannot reach the server ({type(e).__name__})")
+    return StorageError(f"{source.display}: {type(e).__name__}")
