@@ -108,10 +108,10 @@ def _unzip(archive: Path, dest: Path, what: str) -> None:
         plan = []
         for info in infos:
             name = _check_name(info.filename, what)
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode):
+            kind = stat.S_IFMT(info.external_attr >> 16)  # 0 unless made on Unix
+            if kind == stat.S_IFLNK:
                 raise UnsafeArchive(f"{what}: entry {info.filename!r} is a symbolic link; zip models may not hold links")
-            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
                 raise UnsafeArchive(f"{what}: entry {info.filename!r} is a special file; the archive is refused")
             plan.append((info, name))
         root = dest.resolve()

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import requests
@@ -37,8 +39,10 @@ class HttpBackend:
         self._timeout = (settings.connect_timeout_s, settings.read_timeout_s)
         self._sessions = ClientCache(_make_session, _close_session)
 
-    def _session(self, source: Source) -> requests.Session:
-        return self._sessions.get(source)[0]
+    def _request(self, source: Source, method: str, url: str, **kwargs: Any) -> requests.Response:
+        conn = self._sessions.get(source)
+        # verify/cert per request: requests lets REQUESTS_CA_BUNDLE override a session's own.
+        return conn.session.request(method, url, timeout=self._timeout, verify=conn.verify, cert=conn.cert, **kwargs)
 
     def list(self, source: Source) -> Listing:
         path = urlsplit(source.path).path
@@ -47,7 +51,7 @@ class HttpBackend:
                 f"{source.display}: HTTP cannot list a folder; point at one file (an archive for several)"
             )
         try:
-            resp = self._session(source).head(source.path, timeout=self._timeout, allow_redirects=True)
+            resp = self._request(source, "HEAD", source.path, allow_redirects=True)
         except requests.RequestException as e:
             raise _translate_exc(e, source) from None
         if resp.status_code == 405:  # some servers refuse HEAD: the GET will tell
@@ -65,7 +69,7 @@ class HttpBackend:
             headers["If-Match"] = f'"{obj.version}"'  # a strong ETag: refuse a file replaced mid-pull
         written = 0
         try:
-            with self._session(source).get(obj.address, stream=True, timeout=self._timeout, headers=headers) as resp:
+            with self._request(source, "GET", obj.address, stream=True, headers=headers) as resp:
                 if resp.status_code == 412:
                     raise StorageUnreachable(f"{source.display}: the file changed during the download")
                 _check_status(resp, source)
@@ -90,10 +94,18 @@ class HttpBackend:
         self._sessions.close()
 
 
-def _close_session(item: tuple[requests.Session, list[str]]) -> None:
-    session, files = item
-    session.close()
-    for name in files:  # the PEM files written for this entry
+@dataclass
+class _Conn:
+    session: requests.Session
+    verify: bool | str = True
+    cert: tuple[str, str] | None = None
+    #: PEM files written for this entry, removed on close.
+    files: list[str] = field(default_factory=list)
+
+
+def _close_session(conn: _Conn) -> None:
+    conn.session.close()
+    for name in conn.files:
         Path(name).unlink(missing_ok=True)
 
 
@@ -101,35 +113,34 @@ def _basename(path: str) -> str:
     return unquote(path.rstrip("/").rsplit("/", 1)[-1])
 
 
-def _make_session(source: Source) -> tuple[requests.Session, list[str]]:
-    session = requests.Session()
-    files: list[str] = []
+def _make_session(source: Source) -> _Conn:
+    conn = _Conn(requests.Session())
     spec = source.spec
     if spec is None:
-        return session, files
+        return conn
 
     def pem_file(text: str) -> str:
         fd, name = tempfile.mkstemp(prefix="meshserve-", suffix=".pem")
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        files.append(name)
+        conn.files.append(name)
         return name
 
     headers = spec.get("headers") or {}
     if not isinstance(headers, dict):
         raise StorageConfigInvalid(f"{spec.describe()}: \"headers\" must be a JSON object of name -> value")
     for name, value in headers.items():
-        session.headers[name] = ", ".join(value) if isinstance(value, list) else str(value)
+        conn.session.headers[name] = ", ".join(value) if isinstance(value, list) else str(value)
     if spec.get("certificate"):
-        session.verify = pem_file(spec.get("certificate"))
+        conn.verify = pem_file(spec.get("certificate"))
     if spec.flag("insecure_skip_verify"):
-        session.verify = False
+        conn.verify = False
     cert, key = spec.get("client_certificate"), spec.get("client_key")
     if bool(cert) != bool(key):
         raise StorageConfigInvalid(f"{spec.describe()}: give both client_certificate and client_key, or neither")
     if cert:
-        session.cert = (pem_file(cert), pem_file(key))
-    return session, files
+        conn.cert = (pem_file(cert), pem_file(key))
+    return conn
 
 
 def _check_status(resp: requests.Response, source: Source) -> None:

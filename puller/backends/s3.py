@@ -71,7 +71,7 @@ class _Client:
         get = spec.get if spec else (lambda name, default=None: default)
         endpoint = get("endpoint_url")
         self._ca_file: str | None = None
-        verify: bool | str = True
+        verify: str | None = None  # None: botocore's default, which honours AWS_CA_BUNDLE
         if get("certificate"):
             fd, self._ca_file = tempfile.mkstemp(prefix="meshserve-ca-", suffix=".pem")
             with os.fdopen(fd, "w") as f:

@@ -1,0 +1,166 @@
+"""The puller against fake-gcs-server and a local HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BUCKET
+from puller_servers import FakeGcs, FileServer, Route
+
+from mesh.errors import (
+    CorruptModel,
+    InvalidArgument,
+    StorageAccessDenied,
+    StorageNotFound,
+    StorageUnreachable,
+)
+
+
+def _no_entries(cache_dir: Path) -> None:
+    assert list((cache_dir / "tmp").iterdir()) == []
+    assert list((cache_dir / "models").iterdir()) == []
+
+
+async def test_gcs_single_file_and_folder(gcs_server: FakeGcs, make_fetcher: Any, storage_config_file: Any) -> None:
+    bucket = gcs_server.client().bucket(BUCKET)
+    body = os.urandom(100_000)
+    bucket.blob("g/one.onnx").upload_from_string(body)
+    bucket.blob("g/dir/a.txt").upload_from_string(b"a")
+    bucket.blob("g/dir/sub/b.txt").upload_from_string(b"bb")
+    fetcher = await make_fetcher(storage_config=storage_config_file({"gcs": gcs_server.storage_entry()}))
+    one = await fetcher.fetch("g1", f"gs://{BUCKET}/g/one.onnx", {"storage_key": "gcs"})
+    assert one.path.read_bytes() == body and not one.from_cache
+    folder = await fetcher.fetch("g2", f"gs://{BUCKET}/g/dir", {"storage_key": "gcs"})
+    assert (folder.path / "a.txt").read_bytes() == b"a" and (folder.path / "sub" / "b.txt").read_bytes() == b"bb"
+    with pytest.raises(StorageNotFound):
+        await fetcher.fetch("g3", f"gs://{BUCKET}/g/missing", {"storage_key": "gcs"})
+    with pytest.raises(StorageNotFound):
+        await fetcher.fetch("g4", "gs://no-such-bucket/x.onnx", {"storage_key": "gcs"})
+
+
+async def test_gcs_unreachable_endpoint_is_reported_after_retries(make_fetcher: Any, storage_config_file: Any) -> None:
+    from puller_servers import free_port
+
+    entry = {"type": "gcs", "endpoint_url": f"http://127.0.0.1:{free_port()}", "anonymous": True}
+    fetcher = await make_fetcher(storage_config=storage_config_file({"default": entry}))
+    with pytest.raises(StorageUnreachable, match="after 3 attempts"):
+        await fetcher.fetch("g5", f"gs://{BUCKET}/x.onnx", {})
+
+
+async def test_http_file_with_headers_from_the_storage_config(
+        http_server: FileServer, make_fetcher: Any, storage_config_file: Any) -> None:
+    http_server.routes["/m/model.onnx"] = Route(b"onnx-bytes", require={"Authorization": "Bearer t0ken"})
+    config = storage_config_file({"web": {"type": "http", "headers": {"Authorization": "Bearer t0ken"}}})
+    fetcher = await make_fetcher(storage_config=config)
+    got = await fetcher.fetch("h1", f"{http_server.url}/m/model.onnx", {"storage_key": "web"})
+    assert got.path.name == "model.onnx" and got.path.read_bytes() == b"onnx-bytes"
+    with pytest.raises(StorageAccessDenied) as e:  # the same file without the header
+        await fetcher.fetch("h2", f"{http_server.url}/m/model.onnx", {})
+    assert "headers" in str(e.value) and "t0ken" not in str(e.value)
+    with pytest.raises(StorageNotFound):
+        await fetcher.fetch("h3", f"{http_server.url}/m/nope.onnx", {})
+    with pytest.raises(InvalidArgument, match="folder"):
+        await fetcher.fetch("h4", f"{http_server.url}/m/", {})
+
+
+async def test_http_credentials_in_the_url_never_reach_errors(http_server: FileServer, make_fetcher: Any) -> None:
+    fetcher = await make_fetcher()
+    with pytest.raises(StorageNotFound) as e:
+        await fetcher.fetch("h5", f"http://user:hunter2@127.0.0.1:{http_server.port}/x.bin?sig=abc123", {})
+    assert "hunter2" not in str(e.value) and "abc123" not in str(e.value)
+
+
+async def test_http_truncated_body_is_retried_then_corrupt(http_server: FileServer, make_fetcher: Any) -> None:
+    route = http_server.routes["/short.bin"] = Route(os.urandom(100_000), send=40_000)
+    fetcher = await make_fetcher()
+    with pytest.raises(CorruptModel, match="cut short|truncated"):
+        await fetcher.fetch("short", f"{http_server.url}/short.bin", {})
+    assert route.gets == 3
+    _no_entries(fetcher.settings.cache_dir)
+
+
+async def test_http_server_dying_mid_download(http_server: FileServer, make_fetcher: Any) -> None:
+    http_server.routes["/dies.bin"] = Route(os.urandom(100_000), send=30_000, after=http_server.stop_soon)
+    fetcher = await make_fetcher()
+    with pytest.raises(StorageUnreachable) as e:
+        await fetcher.fetch("dies", f"{http_server.url}/dies.bin", {})
+    assert f"{http_server.url}/dies.bin" in str(e.value) and "after 3 attempts" in str(e.value)
+    _no_entries(fetcher.settings.cache_dir)
+
+
+async def test_http_5xx_is_transient_and_recovers(http_server: FileServer, make_fetcher: Any) -> None:
+    route = http_server.routes["/flaky.bin"] = Route(b"x" * 1000, status=503)
+    fetcher = await make_fetcher(retry_attempts=5, retry_backoff_s=0.2)
+    task = asyncio.create_task(fetcher.fetch("flaky", f"{http_server.url}/flaky.bin", {}))
+    await asyncio.sleep(0.1)
+    route.status = 200
+    got = await task
+    assert got.path.read_bytes() == b"x" * 1000
+
+
+async def test_concurrent_fetches_of_one_model_share_one_download(http_server: FileServer, make_fetcher: Any) -> None:
+    route = http_server.routes["/shared.bin"] = Route(os.urandom(500_000))
+    fetcher = await make_fetcher()
+    results = await asyncio.gather(*(fetcher.fetch("shared", f"{http_server.url}/shared.bin", {}) for _ in range(8)))
+    assert route.gets == 1
+    assert len({r.path for r in results}) == 1
+    assert sum(not r.from_cache for r in results) == 8  # all waited on the one pull
+
+
+async def test_sha256_in_the_key_is_checked(http_server: FileServer, make_fetcher: Any) -> None:
+    import hashlib
+
+    body = b"weights" * 100
+    http_server.routes["/w.bin"] = Route(body)
+    fetcher = await make_fetcher()
+    good = hashlib.sha256(body).hexdigest()
+    assert (await fetcher.fetch("s1", f"{http_server.url}/w.bin", {"sha256": good})).path.read_bytes() == body
+    with pytest.raises(CorruptModel, match="sha256"):
+        await fetcher.fetch("s2", f"{http_server.url}/w.bin", {"sha256": "0" * 64})
+    with pytest.raises(InvalidArgument, match="sha256"):
+        await fetcher.fetch("s3", f"{http_server.url}/w.bin", {"sha256": "not-hex"})
+
+
+async def test_tls_is_verified_by_default(make_fetcher: Any) -> None:
+    import ssl
+    import subprocess
+    import threading
+    from http.server import HTTPServer, SimpleHTTPRequestHandler
+
+    cert_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"meshserve-tls-{os.getpid()}"
+    cert_dir.mkdir(exist_ok=True)
+    key, cert = cert_dir / "key.pem", cert_dir / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    (cert_dir / "m.bin").write_bytes(b"secure")
+    handler = lambda *a: SimpleHTTPRequestHandler(*a, directory=str(cert_dir))  # noqa: E731
+    httpd = HTTPServer(("127.0.0.1", 0), handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"https://127.0.0.1:{httpd.server_address[1]}/m.bin"
+        fetcher = await make_fetcher(storage_config=None)
+        with pytest.raises(StorageUnreachable, match="TLS"):
+            await fetcher.fetch("tls1", url, {})
+        from puller.fetcher import PullerFetcher
+
+        config = Path(cert_dir / "sc.json")
+        import json
+
+        config.write_text(json.dumps({"tls": {"type": "http", "certificate": cert.read_text()}}))
+        async with PullerFetcher(fetcher.settings.model_copy(update={
+                "storage_config": config, "cache_dir": fetcher.settings.cache_dir.parent / "c2"})) as f2:
+            assert (await f2.fetch("tls2", url, {"storage_key": "tls"})).path.read_bytes() == b"secure"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        for p in cert_dir.iterdir():
+            p.unlink()
+        cert_dir.rmdir()
