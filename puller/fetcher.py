@@ -132,6 +132,10 @@ class PullerFetcher:
         if entry is not None and entry.source_digest != digest:
             await self._drop_stale(model_id, entry, source)
             entry = None
+        if entry is not None and not await self._call(self.cache.entry_path(entry).exists):
+            log.warning("puller: cached files of %s vanished from %s; pulling again", model_id, self.cache.root)
+            self.cache.forget(entry)
+            entry = None
         if entry is not None:
             self.cache.pin(model_id)
             self.cache.touch(entry)

@@ -207,7 +207,11 @@ class Pull:
                     errors.append(e)
 
         # Every task is awaited (no orphan threads writing into a deleted staging dir).
-        await asyncio.gather(*(one(o) for o in listing.objects))
+        try:
+            await asyncio.gather(*(one(o) for o in listing.objects))
+        except asyncio.CancelledError:
+            progress.abort.set()  # closing: running downloads stop at their next chunk
+            raise
         if errors:
             raise errors[0]
 

@@ -86,6 +86,8 @@ def _clean_key(path: str, display: str) -> str:
 
 def resolve_source(uri: str, key: Mapping[str, Any], config: StorageConfig) -> Source:
     """Resolves a model's URI and key JSON; raises InvalidArgument / StorageConfigInvalid."""
+    if not isinstance(key, Mapping):
+        raise InvalidArgument("the model key must be a JSON object (or empty)")
     if not isinstance(uri, str) or not uri.strip():
         raise InvalidArgument("the model's storage URI is empty: give s3://, gs://, http(s)://, pvc:// or a path")
     sha = key.get("sha256")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from puller_servers import FakeGcs, FileServer, MotoS3
+from load_tests.storage_servers import FakeGcs, FileServer, MotoS3
 
 from mesh.clock import FakeClock
 from puller.fetcher import PullerFetcher

@@ -137,3 +137,42 @@ async def test_a_model_id_pointed_at_new_content_is_re_pulled_only_when_not_held
     got = await fetcher.fetch("m", src["new"], {})
     assert got.size_bytes == 20 and not got.from_cache
     assert len(fetcher.cache.entries()) == 1
+
+
+async def test_files_removed_behind_the_cache_are_pulled_again(tmp_path: Path, make_fetcher: Any) -> None:
+    import shutil
+
+    src = _files(tmp_path, m=10)
+    fetcher = await make_fetcher()
+    first = await fetcher.fetch("m", src["m"], {})
+    await fetcher.release("m")
+    shutil.rmtree(fetcher.settings.cache_dir / "models")
+    (fetcher.settings.cache_dir / "models").mkdir()
+    again = await fetcher.fetch("m", src["m"], {})
+    assert not again.from_cache and again.path == first.path and again.path.read_bytes() == b"m" * 10
+
+
+async def test_closing_during_a_pull_leaves_no_entry(make_settings: Any) -> None:
+    import asyncio
+    import threading
+
+    from load_tests.storage_servers import FileServer, Route
+
+    server = FileServer()
+    stall = threading.Event()
+    route = server.routes["/slow.bin"] = Route(b"s" * 200_000, send=100_000, stall=stall)
+    settings = make_settings(read_timeout_s=30)
+    fetcher = PullerFetcher(settings)
+    await fetcher.start()
+    task = asyncio.create_task(fetcher.fetch("slow", f"{server.url}/slow.bin", {}))
+    while not list((settings.cache_dir / "tmp").rglob("slow.bin")):  # bytes are landing
+        await asyncio.sleep(0.01)
+    stall.set()  # (lets the stalled download thread finish, so close() need not wait 30 s)
+    await fetcher.close()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert route.gets == 1
+    server.stop()
+    async with PullerFetcher(settings) as again:
+        assert again.cache.entries() == []
+    assert list((settings.cache_dir / "tmp").iterdir()) == []

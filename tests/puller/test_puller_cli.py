@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from puller_servers import FileServer, Route
+from load_tests.storage_servers import FileServer, Route
 
 from mesh.cli import main
 from mesh.cli.pull_cmd import model_id_from_uri

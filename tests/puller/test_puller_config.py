@@ -119,3 +119,37 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("MESHSERVE_MAX_CONCURRENT_PULLS", "2")
     s = PullerSettings()
     assert s.cache_dir == tmp_path and s.cache_budget == 2 * 2**30 and s.max_concurrent_pulls == 2
+
+
+@pytest.mark.parametrize("name", ["../x", "a/../../x", "/..", "..", "", "."])
+def test_object_names_that_would_escape_are_refused(name: str) -> None:
+    from puller.pull import safe_relative
+
+    with pytest.raises(UnsafePath):
+        safe_relative(name, "s3://b/m/")
+
+
+def test_object_names_are_normalised() -> None:
+    from puller.pull import safe_relative
+
+    assert safe_relative("a//b/./c", "s3://b/m/") == "a/b/c"
+    assert safe_relative("/lead", "s3://b/m/") == "lead"
+
+
+async def test_an_archive_on_a_volume_is_unpacked_into_the_cache(tmp_path: Path, make_fetcher: Any) -> None:
+    import tarfile
+
+    volume = tmp_path / "pvc" / "vol"
+    volume.mkdir(parents=True)
+    (tmp_path / "model.onnx").write_bytes(b"onnx")
+    with tarfile.open(volume / "m.tar.gz", "w:gz") as t:
+        t.add(tmp_path / "model.onnx", arcname="model.onnx")
+    fetcher = await make_fetcher()
+    got = await fetcher.fetch("pvc-archive", "pvc://vol/m.tar.gz", {})
+    assert got.path.is_relative_to(fetcher.settings.cache_dir) and (got.path / "model.onnx").read_bytes() == b"onnx"
+
+
+async def test_a_key_that_is_not_an_object_is_refused(make_fetcher: Any) -> None:
+    fetcher = await make_fetcher()
+    with pytest.raises(InvalidArgument, match="JSON object"):
+        await fetcher.fetch("k", "/x", "storage_key")  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from conftest import BUCKET
-from puller_servers import FakeGcs, FileServer, Route
+from load_tests.storage_servers import FakeGcs, FileServer, Route
 
 from mesh.errors import (
     CorruptModel,
@@ -43,7 +43,7 @@ async def test_gcs_single_file_and_folder(gcs_server: FakeGcs, make_fetcher: Any
 
 
 async def test_gcs_unreachable_endpoint_is_reported_after_retries(make_fetcher: Any, storage_config_file: Any) -> None:
-    from puller_servers import free_port
+    from load_tests.storage_servers import free_port
 
     entry = {"type": "gcs", "endpoint_url": f"http://127.0.0.1:{free_port()}", "anonymous": True}
     fetcher = await make_fetcher(storage_config=storage_config_file({"default": entry}))

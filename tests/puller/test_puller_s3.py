@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import BUCKET
-from puller_servers import CutProxy, MotoS3
+from load_tests.storage_servers import CutProxy, MotoS3
 
 from mesh.errors import CorruptModel, StorageAccessDenied, StorageNotFound, StorageUnreachable
 from puller.fetcher import PullerFetcher

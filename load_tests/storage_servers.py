@@ -1,4 +1,4 @@
-"""Real storage servers on 127.0.0.1 for the puller's tests and benchmark.
+"""Real storage servers on 127.0.0.1 for the puller's tests and benchmark (test-only code).
 
 - :class:`MotoS3`: moto's S3 server as a subprocess, with IAM authentication switched
   on after set-up, so credentials from a storage config are really checked.
@@ -164,6 +164,8 @@ class Route:
     #: Called after the (partial) body went out: e.g. shut the server down.
     after: Callable[[], None] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    #: Set: hold the connection open after the (partial) body until the event is set.
+    stall: threading.Event | None = None
     #: Only answer when these request headers match (else 403).
     require: dict[str, str] = field(default_factory=dict)
     gets: int = 0
@@ -218,6 +220,8 @@ class FileServer:
                 n = len(route.body) if route.send is None else route.send
                 self.wfile.write(route.body[:n])
                 self.wfile.flush()
+                if route.stall is not None:
+                    route.stall.wait(30)
                 if route.send is not None:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
