@@ -186,7 +186,7 @@ class DiskCache:
         if nbytes > self.budget:
             raise CacheFull(
                 f"{what} needs {nbytes:,} bytes on disk but the cache budget is {self.budget:,}; "
-                "raise MESHSERVE_CACHE_BUDGET (--cache-budget)"
+                "raise MESHSERVE_CACHE_BUDGET (--cache-budget)", retryable=False
             )
         victims = self._pick_victims(nbytes)
         if victims is None:

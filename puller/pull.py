@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mesh.clock import Clock
-from mesh.errors import CacheFull, CorruptModel, InvalidArgument, StorageError, UnsafePath
+from mesh.errors import CacheFull, CorruptModel, InvalidArgument, StorageError, StorageUnreachable, UnsafePath
 from puller import archives
 from puller.backends import Backend, Listing, RemoteObject
 from puller.cache import DATA, CacheEntry, DiskCache
@@ -119,7 +119,9 @@ class Pull:
                 if not e.retryable or attempt == attempts:
                     if attempt > 1:
                         elapsed = self._clock.monotonic() - start
-                        raise type(e)(f"{e.message} (gave up after {attempt} attempts in {elapsed:.1f}s)",
+                        hint = "; check that the store is up and reachable from this host" \
+                            if isinstance(e, StorageUnreachable) else ""
+                        raise type(e)(f"{e.message} (gave up after {attempt} attempts in {elapsed:.1f}s){hint}",
                                       retryable=e.retryable) from None
                     raise
                 log.warning("%s: attempt %d/%d failed: %s; retrying in %.2fs", what, attempt, attempts, e, delay)

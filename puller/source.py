@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
@@ -34,11 +34,12 @@ class Source:
     #: Bucket (s3, gs), volume name (pvc), "" otherwise.
     bucket: str
     #: Object key or prefix (s3, gs), full URL (http), absolute path (file), path in the volume (pvc).
-    path: str
+    #: Kept out of the repr: an http URL may carry user:password or a signed query.
+    path: str = field(repr=False)
     #: Storage entry with the credentials, or None (anonymous / ambient credentials).
-    spec: StorageSpec | None
+    spec: StorageSpec | None = None
     #: The URI as shown to users: no user:password, no query string.
-    display: str
+    display: str = ""
     #: sha256 the model key demands of the (single) downloaded object, lowercase hex.
     sha256: str | None = None
 

@@ -35,7 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def model_id_from_uri(uri: str) -> str:
     """A valid model id made from a URI (``s3://b/m/`` -> ``s3/b/m``)."""
-    text = re.sub(r"[^A-Za-z0-9._:@+=/-]", "_", uri.replace("://", "/"))
+    from puller.source import redact_uri
+
+    text = re.sub(r"[^A-Za-z0-9._:@+=/-]", "_", redact_uri(uri).replace("://", "/"))
     text = re.sub(r"/{2,}", "/", text.replace("..", "_")).strip("/")
     return text[-256:].lstrip("/") or "model"
 

@@ -153,3 +153,8 @@ async def test_a_key_that_is_not_an_object_is_refused(make_fetcher: Any) -> None
     fetcher = await make_fetcher()
     with pytest.raises(InvalidArgument, match="JSON object"):
         await fetcher.fetch("k", "/x", "storage_key")  # type: ignore[arg-type]
+
+
+def test_a_source_repr_shows_no_url_credentials() -> None:
+    source = resolve_source("https://user:hunter2@h/m.bin?X-Amz-Signature=abc", {}, StorageConfig.empty())
+    assert "hunter2" not in repr(source) and "abc" not in repr(source) and "https://h/m.bin" in repr(source)
