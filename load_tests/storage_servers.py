@@ -164,7 +164,7 @@ class Route:
     #: Called after the (partial) body went out: e.g. shut the server down.
     after: Callable[[], None] | None = None
     headers: dict[str, str] = field(default_factory=dict)
-    #: Set: hold the connection open after the (partial) body until the event is set.
+    #: Given: each GET waits for the event before answering (a slow store).
     stall: threading.Event | None = None
     #: Only answer when these request headers match (else 403).
     require: dict[str, str] = field(default_factory=dict)
@@ -216,12 +216,12 @@ class FileServer:
                 if route is None:
                     return
                 route.gets += 1
+                if route.stall is not None:
+                    route.stall.wait(30)
                 self._head(route)
                 n = len(route.body) if route.send is None else route.send
                 self.wfile.write(route.body[:n])
                 self.wfile.flush()
-                if route.stall is not None:
-                    route.stall.wait(30)
                 if route.send is not None:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)

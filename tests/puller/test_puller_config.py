@@ -78,9 +78,12 @@ def test_config_is_reread_when_the_secret_changes(tmp_path: Path) -> None:
     ("/models/m.onnx", {}, "file", "", "/models/m.onnx"),
     ("m/model.onnx", {"storage_key": "a"}, "s3", "models", "m/model.onnx"),
     ("m/model.onnx", {"storage_key": "a", "storage_params": {"bucket": "x"}}, "s3", "x", "m/model.onnx"),
+    ("m/model 1.onnx", {"storage_key": "web"}, "http", "", "https://h/base/m/model%201.onnx"),
+    ("m/", {"storage_key": "vol"}, "pvc", "pvc1", "m/"),
 ])
 def test_uris_resolve(uri: str, key: dict[str, Any], scheme: str, bucket: str, path: str) -> None:
-    source = resolve_source(uri, key, StorageConfig({"a": S3_ENTRY}))
+    source = resolve_source(uri, key, StorageConfig({"a": S3_ENTRY, "web": {"type": "http", "url": "https://h/base"},
+                                                     "vol": {"type": "pvc", "name": "pvc1"}}))
     assert (source.scheme, source.bucket, source.path) == (scheme, bucket, path)
 
 

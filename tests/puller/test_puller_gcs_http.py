@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import ssl
+import subprocess
+import threading
+from http.server import HTTPServer, SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -125,42 +130,71 @@ async def test_sha256_in_the_key_is_checked(http_server: FileServer, make_fetche
         await fetcher.fetch("s3", f"{http_server.url}/w.bin", {"sha256": "not-hex"})
 
 
-async def test_tls_is_verified_by_default(make_fetcher: Any) -> None:
-    import ssl
-    import subprocess
-    import threading
-    from http.server import HTTPServer, SimpleHTTPRequestHandler
-
-    cert_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"meshserve-tls-{os.getpid()}"
-    cert_dir.mkdir(exist_ok=True)
-    key, cert = cert_dir / "key.pem", cert_dir / "cert.pem"
+async def test_tls_is_verified_by_default(tmp_path: Path, make_fetcher: Any, storage_config_file: Any) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
                     "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
                    check=True, capture_output=True)
-    (cert_dir / "m.bin").write_bytes(b"secure")
-    handler = lambda *a: SimpleHTTPRequestHandler(*a, directory=str(cert_dir))  # noqa: E731
-    httpd = HTTPServer(("127.0.0.1", 0), handler)
+    (tmp_path / "m.bin").write_bytes(b"secure")
+    httpd = HTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path)))
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{httpd.server_address[1]}/m.bin"
     try:
-        url = f"https://127.0.0.1:{httpd.server_address[1]}/m.bin"
-        fetcher = await make_fetcher(storage_config=None)
-        with pytest.raises(StorageUnreachable, match="TLS"):
+        fetcher = await make_fetcher(storage_config=storage_config_file(
+            {"tls": {"type": "http", "certificate": cert.read_text()}}))
+        with pytest.raises(StorageUnreachable, match="TLS"):  # a self-signed server, no CA given
             await fetcher.fetch("tls1", url, {})
-        from puller.fetcher import PullerFetcher
-
-        config = Path(cert_dir / "sc.json")
-        import json
-
-        config.write_text(json.dumps({"tls": {"type": "http", "certificate": cert.read_text()}}))
-        async with PullerFetcher(fetcher.settings.model_copy(update={
-                "storage_config": config, "cache_dir": fetcher.settings.cache_dir.parent / "c2"})) as f2:
-            assert (await f2.fetch("tls2", url, {"storage_key": "tls"})).path.read_bytes() == b"secure"
+        assert (await fetcher.fetch("tls2", url, {"storage_key": "tls"})).path.read_bytes() == b"secure"
     finally:
         httpd.shutdown()
         httpd.server_close()
-        for p in cert_dir.iterdir():
-            p.unlink()
-        cert_dir.rmdir()
+
+
+def test_an_invalid_gcs_private_key_is_reported_without_showing_it() -> None:
+    from puller.backends.gcs import GcsBackend
+    from puller.settings import PullerSettings
+    from puller.source import resolve_source
+    from puller.storage_config import StorageConfig
+
+    pem = "-----BEGIN PRIVATE KEY-----\nnot-really-a-key-but-secret\n-----END PRIVATE KEY-----\n"
+    config = StorageConfig({"sa": {"type": "gcs", "client_email": "sa@p.iam.gserviceaccount.com", "private_key": pem}})
+    source = resolve_source("gs://b/m.onnx", {"storage_key": "sa"}, config)
+    with pytest.raises(StorageAccessDenied, match="private_key") as e:
+        GcsBackend(PullerSettings()).list(source)
+    assert "not-really-a-key" not in str(e.value)
+
+
+async def test_pulls_beyond_the_bound_wait_their_turn(http_server: FileServer, make_fetcher: Any) -> None:
+    stall = threading.Event()
+    a = http_server.routes["/a.bin"] = Route(b"a" * 1000, stall=stall)
+    b = http_server.routes["/b.bin"] = Route(b"b" * 1000)
+    fetcher = await make_fetcher(max_concurrent_pulls=1)
+    first = asyncio.create_task(fetcher.fetch("a", f"{http_server.url}/a.bin", {}))
+    second = asyncio.create_task(fetcher.fetch("b", f"{http_server.url}/b.bin", {}))
+    while a.gets == 0:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    assert b.gets == 0  # b waits for a's slot
+    stall.set()
+    assert (await first).path.read_bytes() == b"a" * 1000
+    assert (await second).path.read_bytes() == b"b" * 1000
+
+
+async def test_a_waiter_giving_up_does_not_cancel_the_shared_pull(http_server: FileServer, make_fetcher: Any) -> None:
+    stall = threading.Event()
+    route = http_server.routes["/m.bin"] = Route(b"m" * 1000, stall=stall)
+    fetcher = await make_fetcher()
+    impatient = asyncio.create_task(fetcher.fetch("m", f"{http_server.url}/m.bin", {}))
+    patient = asyncio.create_task(fetcher.fetch("m", f"{http_server.url}/m.bin", {}))
+    while route.gets == 0:
+        await asyncio.sleep(0.01)
+    impatient.cancel()
+    stall.set()
+    got = await patient
+    assert got.path.read_bytes() == b"m" * 1000 and route.gets == 1
+    assert fetcher.cache.pins("m") == 1  # the cancelled waiter's pin was undone
+    await fetcher.release("m")
+    assert fetcher.cache.pins("m") == 0
