@@ -164,6 +164,8 @@ class Route:
     #: Called after the (partial) body went out: e.g. shut the server down.
     after: Callable[[], None] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    #: Given: HEAD answers this status with no body (a URL presigned for GET only).
+    head_status: int | None = None
     #: Given: each GET waits for the event before answering (a slow store).
     stall: threading.Event | None = None
     #: Only answer when these request headers match (else 403).
@@ -208,7 +210,11 @@ class FileServer:
 
             def do_HEAD(self) -> None:  # noqa: N802
                 route = self._route()
-                if route is not None:
+                if route is not None and route.head_status:
+                    self.send_response(route.head_status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                elif route is not None:
                     self._head(route)
 
             def do_GET(self) -> None:  # noqa: N802

@@ -37,7 +37,7 @@ from puller.cache import CacheEntry, DiskCache
 from puller.pull import ProgressCallback, Pull, PullProgress
 from puller.settings import PullerSettings
 from puller.source import Source, resolve_source
-from puller.storage_config import StorageConfigSource
+from puller.storage_config import StorageConfig, StorageConfigSource
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -123,8 +123,15 @@ class PullerFetcher:
         """
         await self.start()
         validate_id(model_id)
-        config = await self._call(self._storage.current)
-        source = resolve_source(uri, key or {}, config)
+        key = key or {}
+        try:
+            config = await self._call(self._storage.current)
+            config_error = None
+        except StorageConfigInvalid as e:
+            config, config_error = StorageConfig.empty(), e
+        source = resolve_source(uri, key, config)
+        if config_error is not None and (source.scheme not in ("file", "pvc") or _names_storage(key)):
+            raise config_error  # local models still load while the storage config is broken
         if source.scheme == "pvc" and not source.is_archive:
             return await self._in_place(source)
         digest = source.digest()
@@ -220,6 +227,10 @@ class PullerFetcher:
         path = await self._call(pvc.resolve, source)
         size = await self._call(disk_size, path)
         return FetchedModel(path, size, True)
+
+
+def _names_storage(key: Mapping[str, Any]) -> bool:
+    return isinstance(key, Mapping) and bool(key.get("storage_key") or key.get("storage_params"))
 
 
 async def _report(progress: PullProgress) -> None:

@@ -54,7 +54,8 @@ class HttpBackend:
             resp = self._request(source, "HEAD", source.path, allow_redirects=True)
         except requests.RequestException as e:
             raise _translate_exc(e, source) from None
-        if resp.status_code == 405:  # some servers refuse HEAD: the GET will tell
+        if resp.status_code in (403, 405, 501):
+            # Refused HEAD (presigned URLs are signed for GET only, some servers lack HEAD): the GET will tell.
             return Listing([RemoteObject(source.path, _basename(path), None, "unknown")], True)
         _check_status(resp, source)
         size = resp.headers.get("Content-Length")

@@ -161,3 +161,14 @@ async def test_a_key_that_is_not_an_object_is_refused(make_fetcher: Any) -> None
 def test_a_source_repr_shows_no_url_credentials() -> None:
     source = resolve_source("https://user:hunter2@h/m.bin?X-Amz-Signature=abc", {}, StorageConfig.empty())
     assert "hunter2" not in repr(source) and "abc" not in repr(source) and "https://h/m.bin" in repr(source)
+
+
+async def test_a_broken_storage_config_fails_remote_pulls_but_not_local_ones(
+        tmp_path: Path, make_fetcher: Any) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    (tmp_path / "m.onnx").write_bytes(b"local")
+    fetcher = await make_fetcher(storage_config=broken)
+    assert (await fetcher.fetch("local", str(tmp_path / "m.onnx"), {})).path.read_bytes() == b"local"
+    with pytest.raises(StorageConfigInvalid, match="not valid JSON"):
+        await fetcher.fetch("remote", "s3://b/m.onnx", {})

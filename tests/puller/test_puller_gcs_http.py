@@ -198,3 +198,10 @@ async def test_a_waiter_giving_up_does_not_cancel_the_shared_pull(http_server: F
     assert fetcher.cache.pins("m") == 1  # the cancelled waiter's pin was undone
     await fetcher.release("m")
     assert fetcher.cache.pins("m") == 0
+
+
+async def test_a_server_refusing_head_is_asked_with_get(http_server: FileServer, make_fetcher: Any) -> None:
+    route = http_server.routes["/signed.bin"] = Route(b"signed" * 100, head_status=403)
+    fetcher = await make_fetcher()
+    got = await fetcher.fetch("signed", f"{http_server.url}/signed.bin?X-Amz-Signature=abc", {})
+    assert got.path.read_bytes() == b"signed" * 100 and route.gets == 1
