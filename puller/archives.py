@@ -110,7 +110,8 @@ def _unzip(archive: Path, dest: Path, what: str) -> None:
             name = _check_name(info.filename, what)
             kind = stat.S_IFMT(info.external_attr >> 16)  # 0 unless made on Unix
             if kind == stat.S_IFLNK:
-                raise UnsafeArchive(f"{what}: entry {info.filename!r} is a symbolic link; zip models may not hold links")
+                raise UnsafeArchive(
+                    f"{what}: entry {info.filename!r} is a symbolic link; zip models may not hold links")
             if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
                 raise UnsafeArchive(f"{what}: entry {info.filename!r} is a special file; the archive is refused")
             plan.append((info, name))

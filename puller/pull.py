@@ -161,10 +161,10 @@ class Pull:
             size = sum(files.values())
             await self._evict(self._cache.reserve(model_id, size, what=what))
             now = self._clock.now_ms()
+            single = safe_relative(listing.objects[0].name, source.display) if listing.single and not kind else None
             entry = CacheEntry(
                 model_id=model_id, source_digest=source.digest(), version=_version(listing), uri=source.display,
-                size_bytes=size, files=files, single_file=listing.objects[0].name if listing.single and not kind else None,
-                created_ms=now, last_used_ms=now,
+                size_bytes=size, files=files, single_file=single, created_ms=now, last_used_ms=now,
             )
             await self._call(self._cache.commit, staging, entry)
         except BaseException:

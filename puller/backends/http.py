@@ -10,6 +10,7 @@ ETag, else Last-Modified, else the size. Redirects are followed.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,14 +165,16 @@ def _translate_exc(e: Exception, source: Source, written: int = 0) -> StorageErr
     import urllib3.exceptions as u3
 
     if isinstance(e, requests.exceptions.SSLError):
+        # Only the SSL reason: the exception's text also holds the URL, query and all.
+        reason = re.search(r"\[SSL: [A-Z_]+\][^(')]*", str(e))
         return StorageUnreachable(
-            f"{source.display}: TLS verification failed; give the server's CA as \"certificate\" in the "
-            "storage entry", retryable=False)
+            f"{source.display}: TLS failed ({reason.group(0).strip() if reason else 'handshake'}); for a private "
+            "CA give it as \"certificate\" in the storage entry", retryable=False)
     text = str(e)
     if isinstance(e, (requests.exceptions.ChunkedEncodingError, u3.ProtocolError)) and (
             "IncompleteRead" in text or "InvalidChunkLength" in text):
         return CorruptModel(f"{source.display}: the download was cut short after {written} bytes", retryable=True)
-    if isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError,
-                      u3.HTTPError)):
+    if isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                      requests.exceptions.ChunkedEncodingError, u3.HTTPError)):
         return StorageUnreachable(f"{source.display}: cannot reach the server ({type(e).__name__})")
     return StorageError(f"{source.display}: {type(e).__name__}")
