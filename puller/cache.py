@@ -101,9 +101,15 @@ class DiskCache:
 
     def open(self) -> dict[str, int]:
         """Locks the directory, empties tmp/, validates every entry. Blocking."""
-        for d in (self._models, self._tmp):
-            d.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            for d in (self._models, self._tmp):
+                d.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise FailedPrecondition(
+                f"cannot use cache directory {self.root}: {e.strerror}; point MESHSERVE_CACHE_DIR (--cache-dir) "
+                "at a writable directory"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

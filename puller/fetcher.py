@@ -72,7 +72,12 @@ class PullerFetcher:
             s = self.settings
             self._executor = ThreadPoolExecutor(
                 max_workers=s.max_concurrent_pulls * s.object_parallelism + 4, thread_name_prefix="puller")
-            stats = await self._call(self.cache.open)
+            try:
+                stats = await self._call(self.cache.open)
+            except BaseException:
+                executor, self._executor = self._executor, None
+                executor.shutdown(wait=False)
+                raise
             self._backends = make_backends(s)
             try:
                 await self._call(self._storage.current)

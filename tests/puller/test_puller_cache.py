@@ -176,3 +176,10 @@ async def test_closing_during_a_pull_leaves_no_entry(make_settings: Any) -> None
     async with PullerFetcher(settings) as again:
         assert again.cache.entries() == []
     assert list((settings.cache_dir / "tmp").iterdir()) == []
+
+
+async def test_an_unwritable_cache_directory_is_a_clear_error(tmp_path: Path, make_settings: Any) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(FailedPrecondition, match="MESHSERVE_CACHE_DIR"):
+        await PullerFetcher(make_settings(cache_dir=blocker / "cache")).start()
