@@ -221,6 +221,10 @@ class FileServer:
                 elif route is not None:
                     self._head(route)
 
+            def do_POST(self) -> None:  # noqa: N802 - an OAuth token endpoint, say
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.do_GET()
+
             def do_GET(self) -> None:  # noqa: N802
                 route = self._route()
                 if route is None:

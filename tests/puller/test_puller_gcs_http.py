@@ -205,3 +205,23 @@ async def test_a_server_refusing_head_is_asked_with_get(http_server: FileServer,
     fetcher = await make_fetcher()
     got = await fetcher.fetch("signed", f"{http_server.url}/signed.bin?X-Amz-Signature=abc", {})
     assert got.path.read_bytes() == b"signed" * 100 and route.gets == 1
+
+
+async def test_gcs_service_account_from_the_storage_config(
+        tmp_path: Path, gcs_server: FakeGcs, http_server: FileServer, make_fetcher: Any,
+        storage_config_file: Any) -> None:
+    import json
+
+    key = tmp_path / "sa.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(key)],
+                   check=True, capture_output=True)
+    token = http_server.routes["/token"] = Route(json.dumps(
+        {"access_token": "tok", "expires_in": 3600, "token_type": "Bearer"}).encode(),
+        headers={"Content-Type": "application/json"})
+    gcs_server.client().bucket(BUCKET).blob("sa/m.onnx").upload_from_string(b"sa-model")
+    entry = {"type": "gcs", "endpoint_url": gcs_server.endpoint, "client_email": "puller@p.iam.gserviceaccount.com",
+             "private_key": key.read_text(), "token_uri": f"{http_server.url}/token"}
+    fetcher = await make_fetcher(storage_config=storage_config_file({"sa": entry}))
+    got = await fetcher.fetch("sa", f"gs://{BUCKET}/sa/m.onnx", {"storage_key": "sa"})
+    assert got.path.read_bytes() == b"sa-model"
+    assert token.gets >= 1  # the signed JWT was exchanged for a token at the entry's token_uri
