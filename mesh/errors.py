@@ -151,3 +151,23 @@ class UnsafeArchive(StorageError):
     """An archive entry would land outside its target (absolute path, '..', link out)."""
 
     code = "INVALID_ARGUMENT"
+
+
+class UnsafePath(StorageError):
+    """An object name or volume path would land outside its target ('..', absolute)."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class StorageConfigInvalid(StorageError):
+    """The storage config (or the model key's storage_key/storage_params) is unusable."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class CacheFull(StorageError):
+    """The disk cache cannot make room: models held by runtimes fill it, or the model
+    alone exceeds the budget."""
+
+    code = "RESOURCE_EXHAUSTED"
+    retryable = True
