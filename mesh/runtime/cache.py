@@ -72,7 +72,7 @@ class Entry:
 
 
 def _mib(n: int) -> str:
-    return f"{n} bytes ({n / 2**20:.1f} MiB)"
+    return f"{n} bytes ({n / 2**20:.1f} MiB)" if n >= 2**20 else f"{n} bytes"
 
 
 class ModelCache:
@@ -129,7 +129,7 @@ class ModelCache:
         entry stays reserved; the caller removes it and unloads the model."""
         entry = self._entries[model_id]
         final = max(entry.predicted, measured)
-        victims = self._make_room(model_id, final - entry.size, exclude=model_id)
+        victims = self._make_room(model_id, final - entry.size, exclude=model_id, what="its measured size needs")
         entry.size, entry.measured, entry.model, entry.loaded = final, measured, model, True
         self.touch(entry)
         return victims
@@ -137,7 +137,7 @@ class ModelCache:
     def remove(self, model_id: str) -> Entry | None:
         return self._entries.pop(model_id, None)
 
-    def _make_room(self, model_id: str, needed: int, exclude: str = "") -> list[Entry]:
+    def _make_room(self, model_id: str, needed: int, exclude: str = "", what: str = "it needs") -> list[Entry]:
         free = self.free
         if needed <= free:
             return []
@@ -148,7 +148,7 @@ class ModelCache:
             busy = sum(v.size for v in views if v.in_flight)
             loading = sum(e.size for e in self._entries.values() if not e.loaded and e.model_id != exclude)
             raise ResourceExhausted(
-                f"no room for model {model_id!r}: it needs {_mib(needed)}, {_mib(max(free, 0))} are free of "
+                f"no room for model {model_id!r}: {what} {_mib(needed)}, {_mib(max(free, 0))} are free of "
                 f"{_mib(self.capacity)} capacity; evicting every idle model would free {_mib(idle)} "
                 f"({_mib(busy)} held by models with requests in flight, {_mib(loading)} by loads in progress)"
             )

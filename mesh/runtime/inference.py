@@ -31,9 +31,9 @@ SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 
 def model_id_from(context: grpc.aio.ServicerContext, fallback: str) -> str:
     for key, value in context.invocation_metadata() or ():
-        if key == MODEL_ID_HEADER:
+        if key == MODEL_ID_HEADER and value:
             return str(value)
-        if key == MODEL_ID_HEADER + "-bin":
+        if key == MODEL_ID_HEADER + "-bin" and value:
             try:
                 return value.decode() if isinstance(value, bytes) else str(value)
             except UnicodeDecodeError:

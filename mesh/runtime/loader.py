@@ -38,6 +38,9 @@ from mesh.runtime.sizing import LoadMeter, predict_size
 
 log = logging.getLogger(__name__)
 
+#: How long an unload waits for requests still running on the model.
+UNLOAD_DRAIN_S = 30.0
+
 
 class LoadListener(Protocol):
     def loading(self, model_id: str) -> None: ...
@@ -90,6 +93,8 @@ class ModelManager:
         self.infer_pool = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="infer")
         #: Threads of cancelled loads still running (their model is dropped when they end).
         self._orphans: set[Future[Any]] = set()
+        #: Models being unloaded; a new load of the same id waits for it.
+        self._unloading: dict[str, asyncio.Future[None]] = {}
         self.accepting = True
         self.in_flight = 0
         self._idle = asyncio.Event()
@@ -163,6 +168,9 @@ class ModelManager:
 
     async def _load(self, model_id: str, model_type: str, path: str, key: dict[str, Any]) -> int:
         backend = self.backends.get(model_type)
+        unloading = self._unloading.get(model_id)
+        if unloading is not None:  # its files must be released before this load pins them again
+            await asyncio.shield(unloading)
         self._listener.loading(model_id)
         result = "failure"
         try:
@@ -278,7 +286,16 @@ class ModelManager:
         return dropped
 
     async def _unload_entries(self, entries: list[Entry], reason: str) -> None:
+        """Unloads entries already removed from the cache (no new request can reach
+        them); requests still running on one are waited for, bounded."""
+        loop = asyncio.get_running_loop()
+        done: dict[str, asyncio.Future[None]] = {}
         for entry in entries:
+            done[entry.model_id] = self._unloading[entry.model_id] = loop.create_future()
+        for entry in entries:
+            deadline = loop.time() + UNLOAD_DRAIN_S
+            while entry.in_flight and loop.time() < deadline:
+                await asyncio.sleep(0.005)
             model: LoadedModel | None = entry.model
             entry.model = None
             if model is not None:
@@ -293,6 +310,9 @@ class ModelManager:
                 log.info("evicted model %r (%d bytes, idle since %d ms epoch)", entry.model_id, entry.size,
                          entry.last_used_ms)
             self._listener.removed(entry.model_id)
+            done[entry.model_id].set_result(None)
+            if self._unloading.get(entry.model_id) is done[entry.model_id]:
+                del self._unloading[entry.model_id]
         if entries:
             self._update_gauges()
 
