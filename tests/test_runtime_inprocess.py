@@ -119,7 +119,7 @@ async def test_eviction_never_takes_a_model_with_requests_in_flight(
     etcd_server: LocalEtcd, mesh_name: str, tmp_path: Path
 ) -> None:
     model_file = tmp_path / "m.bin"
-    # Charged 1.5 MB (factor 1.5), which dwarfs in-process RSS noise: room for one.
+    # Charged 1.5 MB + 64 KiB (factor 1.5 + overhead), which dwarfs in-process RSS noise: room for one.
     model_file.write_bytes(b"x" * 1_000_000)
     backend = GatedBackend()
     server = await _start(etcd_server, mesh_name, 2_000_000, backend)
@@ -128,7 +128,7 @@ async def test_eviction_never_takes_a_model_with_requests_in_flight(
             spi, v2 = rpg.ModelRuntimeStub(ch), pbg.GRPCInferenceServiceStub(ch)
             load = rpb.LoadModelRequest(modelType="gate", modelPath=str(model_file))
             load.modelId = "busy"
-            assert (await spi.loadModel(load)).sizeInBytes == 1_500_000
+            assert (await spi.loadModel(load)).sizeInBytes == 1_500_000 + 65536
             in_flight = asyncio.ensure_future(v2.ModelInfer(_request("busy"), timeout=30))
             await asyncio.sleep(0.3)
             load.modelId = "newcomer"

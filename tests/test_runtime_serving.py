@@ -20,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from mesh import modelgen
 from mesh.etcd_server import LocalEtcd
+from mesh.proto.mmesh import model_runtime_pb2 as rpb
 from mesh.registry import records as rec
 from mesh.runtime.tensors import decode_outputs, encode_inputs_typed
 from tests.procs import RuntimeProc, start_runtime
@@ -217,6 +218,13 @@ def test_spi_refuses_bad_loads_without_attempting_them(spi: Spi, models: dict[st
     err = rpc_error(lambda: spi.load("bare-pt", models["pt_noschema"], model_type="pytorch"))
     assert "does not say which tensors it takes" in err.details()
     assert rpc_error(lambda: spi.size("ok-id")).code() == grpc.StatusCode.NOT_FOUND
+    predict = spi.stub.predictModelSize
+    local = predict(rpb.PredictModelSizeRequest(modelId="p", modelType="onnx", modelPath=str(models["onnx"])))
+    assert local.sizeInBytes == int(models["onnx"].stat().st_size * 1.5) + 65536
+    remote = predict(rpb.PredictModelSizeRequest(modelId="p", modelType="onnx", modelPath="s3://b/m.onnx"))
+    assert remote.sizeInBytes == 64 * 2**20  # the default model size
+    err = rpc_error(lambda: predict(rpb.PredictModelSizeRequest(modelId="p", modelType="tf", modelPath="x")))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     spi.unload("never-loaded")  # success: not loaded is fine
 
 

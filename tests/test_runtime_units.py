@@ -145,6 +145,16 @@ def test_settings_parse_labels_sizes_and_reject_nonsense() -> None:
     s = RuntimeSettings(capacity="1Gi", labels="a=b")
     assert s.capacity == 2**30 and s.labels == {"a": "b"} and s.instance_id
     for bad in ({"device": "tpu"}, {"labels": "novalue"}, {"listen": "nohost"}, {"lease_ttl_s": 0},
-                {"instance_id": "a/b"}, {"size_prediction_factor": 0.5}):
+                {"instance_id": "a/b"}, {"size_prediction_factor": 0.5}, {"model_types": "onnx,tensorflow"}):
         with pytest.raises(ValueError):
             RuntimeSettings(**bad)
+
+
+def test_backends_by_model_type() -> None:
+    from mesh.runtime.backends import BackendRegistry
+
+    onnx_only = BackendRegistry.default(1, ("onnx",))
+    assert onnx_only.model_types == ("onnx",) and onnx_only.get("ONNX").model_type == "onnx"
+    with pytest.raises(InvalidArgument, match="unknown model type 'pytorch': this runtime loads onnx"):
+        onnx_only.get("pytorch")
+    assert BackendRegistry.default().get("torchscript").model_type == "pytorch"

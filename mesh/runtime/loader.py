@@ -112,7 +112,7 @@ class ModelManager:
         return entry.size if entry is not None and entry.loaded else 0
 
     async def predict(self, model_id: str, model_type: str, path: str) -> int:
-        """Conservative size without loading: local file bytes x factor, else the default."""
+        """Conservative size without loading: local file bytes x factor + overhead, else the default."""
         validate_id(model_id)
         self.backends.get(model_type)
         entry = self.cache.get(model_id)
@@ -130,7 +130,8 @@ class ModelManager:
             size = await asyncio.get_running_loop().run_in_executor(self._load_pool, disk_size, local)
         except OSError:
             return self._s.default_model_size
-        return max(predict_size(size, self._s.size_prediction_factor), 1) if size else self._s.default_model_size
+        return predict_size(size, self._s.size_prediction_factor, self._s.size_overhead) if size \
+            else self._s.default_model_size
 
     # -- loading -----------------------------------------------------------
 
@@ -203,7 +204,7 @@ class ModelManager:
     async def _load_fetched(
         self, model_id: str, model_type: str, backend: Any, path: Path, file_bytes: int, key: dict[str, Any]
     ) -> int:
-        predicted = max(predict_size(file_bytes, self._s.size_prediction_factor), 1)
+        predicted = max(predict_size(file_bytes, self._s.size_prediction_factor, self._s.size_overhead), 1)
         await self._unload_entries(self.cache.reserve(model_id, model_type, predicted), "evicted")
         self._update_gauges()
         timeout = self._s.load_timeout_base_s + self._s.load_timeout_per_gb_s * predicted / 1e9

@@ -66,7 +66,7 @@ class RuntimeServer:
         self.settings = settings
         self._fetcher = fetcher
         self._clock = clock or SystemClock()
-        self._backends = backends or BackendRegistry.default(settings.intra_op_threads)
+        self._backends = backends or BackendRegistry.default(settings.intra_op_threads, settings.model_types)
         self.instance_id = settings.instance_id
         self.version = runtime_version()
         self.metrics = RuntimeMetrics()

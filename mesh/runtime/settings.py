@@ -47,6 +47,15 @@ def _default_instance_id() -> str:
 Labels = Annotated[dict[str, str], NoDecode, BeforeValidator(parse_labels)]
 
 
+def parse_list(value: Any) -> tuple[str, ...]:
+    """``"a,b"`` or a list -> ("a", "b")."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(str(i).strip() for i in items if str(i).strip())
+
+
+NameList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(parse_list)]
+
+
 class RuntimeSettings(CommonSettings):
     #: HOST:PORT the gRPC server binds (SPI, V2 inference, health, reflection on one
     #: port). Port 0 picks a free port; the ready line names the one bound.
@@ -77,6 +86,10 @@ class RuntimeSettings(CommonSettings):
     labels: Labels = {}
     #: Failure zone (rack, availability zone) placement spreads copies over.
     zone: str = ""
+    #: Model types this runtime loads (``onnx``, ``pytorch``), advertised in the
+    #: instance record. Leaving ``pytorch`` out saves ~250 MB of resident memory
+    #: (torch is imported at start so its cost is not charged to the first model).
+    model_types: NameList = ("onnx", "pytorch")
     #: TTL of the instance's etcd lease: a killed runtime's keys vanish this long
     #: after its last refresh.
     lease_ttl_s: int = 10
@@ -94,6 +107,9 @@ class RuntimeSettings(CommonSettings):
     #: Predicted size = bytes on disk x this factor (ORT/torch hold a deserialised
     #: copy plus per-session buffers). Conservative, as the SPI asks.
     size_prediction_factor: float = 1.5
+    #: Plus this fixed cost per model (session object, graph, kernel state): an ONNX
+    #: Runtime CPU session of a 70 KB model holds ~165 KB resident (BENCHMARKS.md).
+    size_overhead: ByteSize = 64 * 2**10
     #: Size reported when nothing better is known (a remote URI not fetched yet).
     default_model_size: ByteSize = 64 * 2**20
     #: Grace for in-flight requests on SIGTERM before the server closes.
@@ -126,6 +142,14 @@ class RuntimeSettings(CommonSettings):
     def _positive(cls, v: int, info: Any) -> int:
         if v < 1:
             raise ValueError(f"{info.field_name} must be at least 1, got {v}")
+        return v
+
+    @field_validator("model_types")
+    @classmethod
+    def _types(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = set(v) - {"onnx", "pytorch"}
+        if unknown or not v:
+            raise ValueError(f"model_types must be a non-empty subset of onnx, pytorch; got {', '.join(v) or 'none'}")
         return v
 
     @field_validator("size_prediction_factor")

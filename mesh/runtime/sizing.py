@@ -71,8 +71,9 @@ def derive_capacity(device: str, reserve: int) -> int:
     return capacity
 
 
-def predict_size(file_bytes: int, factor: float) -> int:
-    return int(file_bytes * factor)
+def predict_size(file_bytes: int, factor: float, overhead: int) -> int:
+    """The conservative size of a model before it is loaded."""
+    return int(file_bytes * factor) + overhead
 
 
 class LoadMeter:

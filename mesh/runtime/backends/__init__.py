@@ -22,8 +22,9 @@ class BackendRegistry:
         self._by_type = {b.model_type: b for b in backends}
 
     @classmethod
-    def default(cls, intra_op_threads: int = 1) -> BackendRegistry:
-        return cls([OnnxBackend(intra_op_threads), TorchScriptBackend(intra_op_threads)])
+    def default(cls, intra_op_threads: int = 1, model_types: tuple[str, ...] = ("onnx", "pytorch")) -> BackendRegistry:
+        every: list[Backend] = [OnnxBackend(intra_op_threads), TorchScriptBackend(intra_op_threads)]
+        return cls([b for b in every if b.model_type in model_types])
 
     @property
     def model_types(self) -> tuple[str, ...]:
