@@ -282,14 +282,17 @@ def test_concurrent_loads_of_one_model_are_one_load(
 
 
 def test_instance_record_describes_the_runtime(etcd_server: LocalEtcd, mesh: str, runtime: RuntimeProc,
-                                               spi: Spi) -> None:
+                                               spi: Spi, client: tc.InferenceServerClient,
+                                               models: dict[str, Path]) -> None:
+    spi.load("rec-model", models["onnx"])
+    _infer(client, "rec-model", {"INPUT0": modelgen.sample_input(SPEC)})
     status = spi.status()
     assert status.capacityInBytes == 2**30
     assert list(status.methodInfos["/inference.GRPCInferenceService/ModelInfer"].idInjectionPath) == [1]
 
     def settled() -> rec.InstanceRecord | None:
         r = instance(etcd_server.endpoint, mesh, runtime.instance_id)
-        return r if r and r.model_count and r.loads_in_progress == 0 else None
+        return r if r and r.model_count and r.loads_in_progress == 0 and r.requests_per_min else None
 
     record = eventually(settled)
     assert record is not None

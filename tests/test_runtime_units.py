@@ -158,3 +158,18 @@ def test_backends_by_model_type() -> None:
     with pytest.raises(InvalidArgument, match="unknown model type 'pytorch': this runtime loads onnx"):
         onnx_only.get("pytorch")
     assert BackendRegistry.default().get("torchscript").model_type == "pytorch"
+
+
+def test_request_rate_counts_the_last_minute() -> None:
+    from mesh.runtime.loader import RequestRate
+
+    clock = FakeClock()
+    rate = RequestRate(clock)
+    for _ in range(30):
+        rate.add()
+        clock.advance(1)
+    assert rate.per_minute() == 30
+    clock.advance(45)
+    assert 0 < rate.per_minute() < 30
+    clock.advance(60)
+    assert rate.per_minute() == 0

@@ -66,6 +66,27 @@ def parse_key(model_id: str, key: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {"key": key}
 
 
+class RequestRate:
+    """Requests over the last minute, in 10-second buckets (for ``requests_per_min``)."""
+
+    BUCKET_S = 10.0
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._buckets: dict[int, int] = {}
+
+    def add(self) -> None:
+        b = int(self._clock.monotonic() // self.BUCKET_S)
+        self._buckets[b] = self._buckets.get(b, 0) + 1
+        if len(self._buckets) > 8:
+            for old in [k for k in self._buckets if k <= b - 6]:
+                del self._buckets[old]
+
+    def per_minute(self) -> int:
+        b = int(self._clock.monotonic() // self.BUCKET_S)
+        return sum(n for k, n in self._buckets.items() if b - 6 < k <= b)
+
+
 class ModelManager:
     def __init__(
         self,
@@ -97,6 +118,7 @@ class ModelManager:
         self._unloading: dict[str, asyncio.Future[None]] = {}
         self.accepting = True
         self.in_flight = 0
+        self.rate = RequestRate(clock)
         self._idle = asyncio.Event()
         self._idle.set()
         metrics.capacity_bytes.set(capacity)
@@ -342,6 +364,7 @@ class ModelManager:
             raise NotFound(f"model '{model_id}' is not loaded on runtime {instance_id}")
         entry.in_flight += 1
         self.in_flight += 1
+        self.rate.add()
         self._idle.clear()
         self.cache.touch(entry)
         try:

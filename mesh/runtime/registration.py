@@ -32,6 +32,9 @@ from mesh.registry.registry import Registry
 
 log = logging.getLogger(__name__)
 
+#: The record is re-checked this often even without changes (and written if it differs).
+RECORD_REFRESH_S = 10.0
+
 
 @dataclass(frozen=True, slots=True)
 class RuntimeStats:
@@ -39,6 +42,7 @@ class RuntimeStats:
     model_count: int
     oldest_lru_ms: int
     loads_in_progress: int
+    requests_per_min: int = 0
 
 
 class Registration:
@@ -71,6 +75,7 @@ class Registration:
         self._written = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
         self.shutting_down = False
+        self._last_written: rec.InstanceRecord | None = None
 
     @property
     def lease_id(self) -> int:
@@ -149,11 +154,16 @@ class Registration:
         s = self._stats()
         return dataclasses.replace(
             self._base, lease_id=self.lease_id, used_bytes=s.used_bytes, model_count=s.model_count,
-            oldest_lru_ms=s.oldest_lru_ms, loads_in_progress=s.loads_in_progress, shutting_down=self.shutting_down,
+            oldest_lru_ms=s.oldest_lru_ms, loads_in_progress=s.loads_in_progress,
+            requests_per_min=s.requests_per_min, shutting_down=self.shutting_down,
         )
 
-    async def _put_record(self) -> None:
-        await self._registry.put_instance(self.record(), lease=self.lease_id)
+    async def _put_record(self, *, only_if_changed: bool = False) -> None:
+        record = self.record()
+        if only_if_changed and record == self._last_written:
+            return  # most requests change nothing a router reads
+        await self._registry.put_instance(record, lease=self.lease_id)
+        self._last_written = record
 
     async def _register(self) -> None:
         self._lease_lost.clear()
@@ -179,10 +189,14 @@ class Registration:
 
     async def _record_loop(self) -> None:
         while True:
-            await self._record_dirty.wait()
+            try:
+                # Also wake now and then: requests_per_min decays with no event.
+                await asyncio.wait_for(self._record_dirty.wait(), RECORD_REFRESH_S)
+            except TimeoutError:
+                pass
             self._record_dirty.clear()
             try:
-                await self._put_record()
+                await self._put_record(only_if_changed=True)
             except MeshError as e:
                 log.warning("instance record update failed (will retry): %s", e)
                 self._record_dirty.set()

@@ -34,7 +34,7 @@ from mesh.runtime.loader import ModelManager
 from mesh.runtime.metrics import RuntimeMetrics
 from mesh.runtime.registration import Registration, RuntimeStats
 from mesh.runtime.settings import RuntimeSettings
-from mesh.runtime.sizing import derive_capacity
+from mesh.runtime.sizing import check_device, derive_capacity
 from mesh.settings import parse_host_port
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,10 @@ class RuntimeServer:
     async def start(self) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, check_device, s.device)
+        except RuntimeError as e:
+            raise FailedPrecondition(str(e)) from None
         capacity = s.capacity
         if capacity is None:
             try:
@@ -115,7 +119,10 @@ class RuntimeServer:
         self._registration = registration
         self._manager = ModelManager(s, capacity, backends=self._backends, fetcher=self._fetcher,
                                      clock=self._clock, metrics=self.metrics, listener=registration)
-        await loop.run_in_executor(None, self._backends.warm_up, s.device)
+        try:
+            await loop.run_in_executor(None, self._backends.warm_up, s.device)
+        except Exception as e:  # noqa: BLE001 - a broken framework install, reported plainly
+            raise FailedPrecondition(f"warming up the model backends on {s.device} failed: {type(e).__name__}: {e}") from None
 
         async def flush(model_id: str) -> None:
             await registration.flush_copy(model_id, COPY_FLUSH_TIMEOUT_S)
@@ -140,7 +147,8 @@ class RuntimeServer:
         m = self._manager
         if m is None:
             return RuntimeStats(0, 0, 0, 0)
-        return RuntimeStats(m.cache.used, len(m.cache.loaded()), m.cache.oldest_lru_ms(), m.loads_in_progress)
+        return RuntimeStats(m.cache.used, len(m.cache.loaded()), m.cache.oldest_lru_ms(), m.loads_in_progress,
+                            m.rate.per_minute())
 
     async def _set_health(self, status: int) -> None:
         for name in ("", spi.SERVICE.full_name, inference.SERVICE.full_name):

@@ -54,11 +54,25 @@ def cuda_index(device: str) -> int:
     return int(device.partition(":")[2] or 0)
 
 
-def device_memory_bytes(device: str) -> int:
+def check_device(device: str) -> None:
+    """RuntimeError unless ``device`` exists (CUDA devices are measured through torch)."""
+    if not device.startswith("cuda"):
+        return
     import torch
 
     if not torch.cuda.is_available():
-        raise RuntimeError(f"device {device} requested but torch sees no CUDA device (is this the CUDA build of torch?)")
+        raise RuntimeError(
+            f"device {device} requested but torch sees no CUDA device (install the CUDA build of torch "
+            "2.13.0 and onnxruntime-gpu, or use --device cpu)"
+        )
+    if cuda_index(device) >= torch.cuda.device_count():
+        raise RuntimeError(f"device {device} requested but this machine has {torch.cuda.device_count()} CUDA devices")
+
+
+def device_memory_bytes(device: str) -> int:
+    import torch
+
+    check_device(device)
     return int(torch.cuda.get_device_properties(cuda_index(device)).total_memory)
 
 
