@@ -37,27 +37,46 @@ class GatedModel:
     allocated_bytes = 0
     signature = Signature((TensorSpec("X", "FP32", (-1,)),), (TensorSpec("Y", "FP32", (-1,)),))
 
-    def __init__(self, gate: threading.Event) -> None:
-        self._gate = gate
+    def __init__(self, backend: GatedBackend) -> None:
+        self._backend = backend
 
     def infer(self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
-        self._gate.wait(20)
+        self._backend.gate.wait(20)
         return {"Y": inputs["X"] * 2}
 
     def unload(self) -> None:
-        pass
+        self._backend.unloads += 1
 
 
 class GatedBackend:
-    """Model type ``gate``: any file; inference waits until ``gate`` is set."""
+    """Model type ``gate``: any file; inference waits until ``gate`` is set, and
+    loads until ``load_gate`` is set. Counts loads and unloads."""
 
     model_type = "gate"
 
     def __init__(self) -> None:
         self.gate = threading.Event()
+        self.load_gate = threading.Event()
+        self.load_gate.set()
+        self.loads = 0
+        self.unloads = 0
 
     def load(self, model_id: str, path: Path, key: dict[str, Any], device: str) -> LoadedModel:
-        return GatedModel(self.gate)
+        self.loads += 1
+        self.load_gate.wait(20)
+        return GatedModel(self)
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    path = tmp_path / "m.bin"
+    path.write_bytes(b"x" * 1000)
+    return path
+
+
+@pytest.fixture
+def backend() -> GatedBackend:
+    return GatedBackend()
 
 
 def _request(model: str) -> pb.ModelInferRequest:
@@ -83,11 +102,8 @@ async def _until(check: Any, timeout_s: float = 10.0) -> None:
 
 
 async def test_stop_drains_in_flight_requests_and_refuses_loads(
-    etcd_server: LocalEtcd, etcd_store: EtcdStore, mesh_name: str, tmp_path: Path
+    etcd_server: LocalEtcd, etcd_store: EtcdStore, mesh_name: str, model_file: Path, backend: GatedBackend
 ) -> None:
-    model_file = tmp_path / "m.bin"
-    model_file.write_bytes(b"x" * 1000)
-    backend = GatedBackend()
     server = await _start(etcd_server, mesh_name, 10**6, backend)
     registry = Registry(etcd_store, KeySchema(mesh_name))
     async with grpc.aio.insecure_channel(server.endpoint) as ch:
@@ -141,6 +157,35 @@ async def test_eviction_never_takes_a_model_with_requests_in_flight(
             await spi.loadModel(load)  # now "busy" is idle and goes
             assert not (await v2.ModelReady(pb.ModelReadyRequest(name="busy"))).ready
             assert (await v2.ModelReady(pb.ModelReadyRequest(name="newcomer"))).ready
+    finally:
+        await server.stop()
+
+
+async def test_unload_of_a_cancelled_load_returns_once_its_model_is_dropped(
+    etcd_server: LocalEtcd, etcd_store: EtcdStore, mesh_name: str, model_file: Path, backend: GatedBackend
+) -> None:
+    backend.load_gate.clear()  # the load thread hangs inside the framework
+    server = await _start(etcd_server, mesh_name, 10**6, backend)
+    registry = Registry(etcd_store, KeySchema(mesh_name))
+    try:
+        async with grpc.aio.insecure_channel(server.endpoint) as ch:
+            spi, v2 = rpg.ModelRuntimeStub(ch), pbg.GRPCInferenceServiceStub(ch)
+            load = rpb.LoadModelRequest(modelId="c", modelType="gate", modelPath=str(model_file))
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await spi.loadModel(load, timeout=0.3)
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            (copy,) = await registry.list_copies("c")
+            assert copy.state == rec.LOADING  # still loading: the caller's cancel does not stop it
+            unload = asyncio.ensure_future(spi.unloadModel(rpb.UnloadModelRequest(modelId="c")))
+            await asyncio.sleep(0.3)
+            assert not unload.done()  # waits for the thread, which cannot be interrupted
+            backend.load_gate.set()
+            await asyncio.wait_for(unload, 10)
+            assert backend.loads == 1 and backend.unloads == 1
+            assert not (await v2.ModelReady(pb.ModelReadyRequest(name="c"))).ready
+            assert await registry.list_copies("c") == []
+            assert (await spi.loadModel(load)).sizeInBytes > 0  # and a new load works
+            assert backend.loads == 2
     finally:
         await server.stop()
 

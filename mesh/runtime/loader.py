@@ -116,6 +116,7 @@ class ModelManager:
         self._orphans: set[Future[Any]] = set()
         #: Models being unloaded; a new load of the same id waits for it.
         self._unloading: dict[str, asyncio.Future[None]] = {}
+        self._unload_tasks: set[asyncio.Task[None]] = set()
         self.accepting = True
         self.in_flight = 0
         self.rate = RequestRate(clock)
@@ -227,11 +228,13 @@ class ModelManager:
         self, model_id: str, model_type: str, backend: Any, path: Path, file_bytes: int, key: dict[str, Any]
     ) -> int:
         predicted = max(predict_size(file_bytes, self._s.size_prediction_factor, self._s.size_overhead), 1)
-        await self._unload_entries(self.cache.reserve(model_id, model_type, predicted), "evicted")
+        victims = self.cache.reserve(model_id, model_type, predicted)
         self._update_gauges()
         timeout = self._s.load_timeout_base_s + self._s.load_timeout_per_gb_s * predicted / 1e9
         started = self._clock.monotonic()
         try:
+            # Victims leave before the newcomer allocates (their memory is really free).
+            await self._unload_entries(victims, "evicted")
             try:
                 async with asyncio.timeout(timeout):
                     model, measured = await self._in_thread(
@@ -310,34 +313,45 @@ class ModelManager:
 
     async def _unload_entries(self, entries: list[Entry], reason: str) -> None:
         """Unloads entries already removed from the cache (no new request can reach
-        them); requests still running on one are waited for, bounded."""
+        them); requests still running on one are waited for, bounded. Runs to the
+        end even if the caller is cancelled (a half-done unload would leave copy
+        keys and file pins behind)."""
+        if not entries:
+            return
+        task = asyncio.get_running_loop().create_task(self._unload_now(entries, reason))
+        self._unload_tasks.add(task)
+        task.add_done_callback(self._unload_tasks.discard)
+        await asyncio.shield(task)
+
+    async def _unload_now(self, entries: list[Entry], reason: str) -> None:
         loop = asyncio.get_running_loop()
         done: dict[str, asyncio.Future[None]] = {}
         for entry in entries:
             done[entry.model_id] = self._unloading[entry.model_id] = loop.create_future()
         for entry in entries:
-            deadline = loop.time() + UNLOAD_DRAIN_S
-            while entry.in_flight and loop.time() < deadline:
-                await asyncio.sleep(0.005)
-            model: LoadedModel | None = entry.model
-            entry.model = None
-            if model is not None:
+            try:
+                deadline = loop.time() + UNLOAD_DRAIN_S
+                while entry.in_flight and loop.time() < deadline:
+                    await asyncio.sleep(0.005)
+                model: LoadedModel | None = entry.model
+                entry.model = None
                 try:
-                    await self._in_thread(model.unload)
-                except Exception:  # noqa: BLE001 - an unload failure must not stop the others
+                    if model is not None:
+                        await self._in_thread(model.unload)
+                    await self._fetcher.release(entry.model_id)
+                except Exception:  # noqa: BLE001 - one failed unload must not stop the others
                     log.exception("unloading model %r failed", entry.model_id)
-            await self._fetcher.release(entry.model_id)
-            self._metrics.unloads.labels(reason).inc()
-            if reason == "evicted":
-                self._metrics.evictions.inc()
-                log.info("evicted model %r (%d bytes, idle since %d ms epoch)", entry.model_id, entry.size,
-                         entry.last_used_ms)
-            self._listener.removed(entry.model_id)
-            done[entry.model_id].set_result(None)
-            if self._unloading.get(entry.model_id) is done[entry.model_id]:
-                del self._unloading[entry.model_id]
-        if entries:
-            self._update_gauges()
+            finally:
+                self._metrics.unloads.labels(reason).inc()
+                if reason == "evicted":
+                    self._metrics.evictions.inc()
+                    log.info("evicted model %r (%d bytes, idle since %d ms epoch)", entry.model_id, entry.size,
+                             entry.last_used_ms)
+                self._listener.removed(entry.model_id)
+                done[entry.model_id].set_result(None)
+                if self._unloading.get(entry.model_id) is done[entry.model_id]:
+                    del self._unloading[entry.model_id]
+        self._update_gauges()
 
     async def unload_all(self, reason: str) -> None:
         for task in list(self._loads.values()):
@@ -347,6 +361,7 @@ class ModelManager:
         for e in entries:
             self.cache.remove(e.model_id)
         await self._unload_entries(entries, reason)
+        await asyncio.gather(*self._unload_tasks, return_exceptions=True)
 
     async def settle(self, timeout_s: float) -> None:
         """Waits (bounded) for the threads of cancelled loads to finish and drop their models."""
