@@ -105,6 +105,10 @@ class RuntimeServer:
         except RuntimeError:
             raise FailedPrecondition(f"cannot listen on {s.listen}: the address is in use or not local") from None
         self.endpoint = advertised(s.listen, port, s.advertise)
+        if metrics_endpoint:  # a wildcard bind is not dialable: name the advertised host
+            m_host, m_port = parse_host_port(metrics_endpoint, what="metrics-listen")
+            if m_host in ("", "0.0.0.0", "::"):
+                metrics_endpoint = advertised(f"{parse_host_port(self.endpoint)[0]}:0", m_port, "")
 
         base = rec.InstanceRecord(
             instance_id=self.instance_id, endpoint=self.endpoint, metrics_endpoint=metrics_endpoint,

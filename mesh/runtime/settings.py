@@ -87,7 +87,7 @@ class RuntimeSettings(CommonSettings):
     #: Failure zone (rack, availability zone) placement spreads copies over.
     zone: str = ""
     #: Model types this runtime loads (``onnx``, ``pytorch``), advertised in the
-    #: instance record. Leaving ``pytorch`` out saves ~250 MB of resident memory
+    #: instance record. Leaving ``pytorch`` out saves ~190 MB of resident memory
     #: (torch is imported at start so its cost is not charged to the first model).
     model_types: NameList = ("onnx", "pytorch")
     #: TTL of the instance's etcd lease: a killed runtime's keys vanish this long
