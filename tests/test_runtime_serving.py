@@ -300,3 +300,18 @@ def test_instance_record_describes_the_runtime(etcd_server: LocalEtcd, mesh: str
     assert set(record.model_types) == {"onnx", "pytorch"} and record.device == DEVICE
     assert 0 < record.used_bytes <= record.capacity_bytes and record.oldest_lru_ms > 0 and record.start_ms > 0
     assert not record.shutting_down and record.version
+
+
+def test_health_and_reflection_list_every_service(runtime: RuntimeProc) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2 as refl
+    from grpc_reflection.v1alpha import reflection_pb2_grpc as refl_grpc
+
+    with grpc.insecure_channel(runtime.endpoint) as ch:
+        stub = refl_grpc.ServerReflectionStub(ch)
+        (listing,) = stub.ServerReflectionInfo(iter([refl.ServerReflectionRequest(list_services="")]), timeout=10)
+        names = {s.name for s in listing.list_services_response.service}
+        assert {"mmesh.ModelRuntime", "inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
+        health = health_pb2_grpc.HealthStub(ch)
+        for service in ("", "mmesh.ModelRuntime", "inference.GRPCInferenceService"):
+            got = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert got.status == health_pb2.HealthCheckResponse.SERVING, service
