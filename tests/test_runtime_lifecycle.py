@@ -121,3 +121,24 @@ def test_sigkill_leaves_nothing_once_the_lease_expires(etcd_server: LocalEtcd, m
         assert eventually(lambda: instance(etcd_server.endpoint, mesh_name, rt.instance_id) is None, timeout_s=10)
         assert copies(etcd_server.endpoint, mesh_name, ["k"])["k"] == []
         assert time.monotonic() - killed < 8
+
+
+def test_start_failures_exit_2_with_the_reason(etcd_server: LocalEtcd) -> None:
+    import subprocess
+    import sys
+
+    from mesh.etcd_server import free_port
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mesh.cli", "runtime", "--capacity", "1Gi", *args],
+                              capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "MESHSERVE_ETCD_TIMEOUT_S": "1"})
+
+    dead = f"127.0.0.1:{free_port()}"
+    got = run("--listen", "127.0.0.1:0", "--etcd", dead)
+    assert got.returncode == 2 and f"etcd at {dead} is unreachable" in got.stderr and "Traceback" not in got.stderr
+    got = run("--listen", etcd_server.endpoint, "--etcd", etcd_server.endpoint)
+    assert got.returncode == 2 and f"cannot listen on {etcd_server.endpoint}" in got.stderr
+    got = run("--listen", "127.0.0.1:0", "--etcd", etcd_server.endpoint, "--labels", "oops")
+    assert got.returncode == 2 and "invalid label 'oops'" in got.stderr
+    assert got.stdout == ""  # never a ready line

@@ -353,10 +353,14 @@ class ModelManager:
                     del self._unloading[entry.model_id]
         self._update_gauges()
 
-    async def unload_all(self, reason: str) -> None:
-        for task in list(self._loads.values()):
+    async def unload_all(self, reason: str, timeout_s: float = 10.0) -> None:
+        """Cancels every load (waiting at most ``timeout_s`` for their threads) and
+        unloads every model."""
+        loads = list(self._loads.values())
+        for task in loads:
             task.cancel()
-        await asyncio.gather(*self._loads.values(), return_exceptions=True)
+        if loads:
+            await asyncio.wait(loads, timeout=timeout_s)
         entries = self.cache.loaded()
         for e in entries:
             self.cache.remove(e.model_id)
