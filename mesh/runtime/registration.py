@@ -76,6 +76,7 @@ class Registration:
         self._tasks: list[asyncio.Task[None]] = []
         self.shutting_down = False
         self._last_written: rec.InstanceRecord | None = None
+        self._put_lock = asyncio.Lock()
 
     @property
     def lease_id(self) -> int:
@@ -159,11 +160,14 @@ class Registration:
         )
 
     async def _put_record(self, *, only_if_changed: bool = False) -> None:
-        record = self.record()
-        if only_if_changed and record == self._last_written:
-            return  # most requests change nothing a router reads
-        await self._registry.put_instance(record, lease=self.lease_id)
-        self._last_written = record
+        # One writer at a time, each computing the record inside the lock: a slow
+        # periodic write can never land after (and undo) the shutting-down one.
+        async with self._put_lock:
+            record = self.record()
+            if only_if_changed and record == self._last_written:
+                return  # most requests change nothing a router reads
+            await self._registry.put_instance(record, lease=self.lease_id)
+            self._last_written = record
 
     async def _register(self) -> None:
         self._lease_lost.clear()
