@@ -16,7 +16,8 @@
 127.0.0.1:0 --etcd ... --mesh ...`` and waits (bounded by ``ready_timeout_s``)
 for its ``runtime <id> ready on <endpoint>`` line; if the process exits or the
 wait runs out it is killed and RuntimeError carries its log. A RuntimeProc is
-a context manager that kills the process on exit if still running.
+a context manager that kills the process on exit if still running; on Linux the
+process also dies with the test process (PR_SET_PDEATHSIG), so none is orphaned.
 """
 
 from __future__ import annotations
@@ -90,6 +91,16 @@ class RuntimeProc:
         self.kill()
 
 
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGKILL if the test process dies (no orphan runtimes)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def start_runtime(
     etcd_endpoint: str,
     mesh: str,
@@ -112,7 +123,8 @@ def start_runtime(
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=log_file,
-                                   text=True, start_new_session=True)
+                                   text=True, start_new_session=True,
+                                   preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     assert process.stdout is not None
     deadline = time.monotonic() + ready_timeout_s
     seen: list[str] = []
