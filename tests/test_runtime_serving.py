@@ -3,6 +3,7 @@ correct outputs, dtypes, bad requests, corrupt models, single-flight loads."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import uuid
@@ -22,7 +23,7 @@ from mesh import modelgen
 from mesh.etcd_server import LocalEtcd
 from mesh.proto.mmesh import model_runtime_pb2 as rpb
 from mesh.registry import records as rec
-from mesh.runtime.tensors import decode_outputs, encode_inputs_typed
+from mesh.runtime.tensors import DATATYPES, datatype_of, decode_outputs, encode_inputs_typed
 from tests.procs import RuntimeProc, start_runtime
 from tests.runtime_helpers import Spi, copies, eventually, instance, rpc_error, scrape
 
@@ -81,18 +82,13 @@ def v2(runtime: RuntimeProc) -> Iterator[pbg.GRPCInferenceServiceStub]:
 
 
 def _infer(client: tc.InferenceServerClient, model: str, inputs: dict[str, np.ndarray]) -> tc.InferResult:
+    """tritonclient's way: raw_input_contents."""
     tensors = []
     for name, arr in inputs.items():
-        t = tc.InferInput(name, list(arr.shape), modelgen_datatype(arr))
+        t = tc.InferInput(name, list(arr.shape), datatype_of(arr.dtype))
         t.set_data_from_numpy(arr)
         tensors.append(t)
     return client.infer(model, tensors)
-
-
-def modelgen_datatype(arr: np.ndarray) -> str:
-    from mesh.runtime.tensors import datatype_of
-
-    return datatype_of(arr.dtype)
 
 
 def test_onnx_and_torchscript_match_the_reference_raw_and_typed(
@@ -101,7 +97,7 @@ def test_onnx_and_torchscript_match_the_reference_raw_and_typed(
     assert spi.load("mlp-onnx", models["onnx"]) > 0
     assert spi.load("mlp-pt", models["pt"], model_type="pytorch") > 0
     # A key schema stands in for a signature the archive lacks.
-    key = '{"schema": ' + __import__("json").dumps(modelgen.mlp_schema(SPEC)) + "}"
+    key = json.dumps({"schema": modelgen.mlp_schema(SPEC)})
     assert spi.load("mlp-pt-key", models["pt_noschema"], model_type="pytorch", key=key) > 0
     x = modelgen.sample_input(SPEC, batch=5)
     want = modelgen.reference_output(SPEC, x)
@@ -126,8 +122,6 @@ def test_every_datatype_round_trips_raw_and_typed(
     rng = np.random.default_rng(0)
     inputs = {}
     for dt in modelgen.IDENTITY_DTYPES:
-        from mesh.runtime.tensors import DATATYPES
-
         dtype = DATATYPES[dt]
         if dt == "BOOL":
             arr = rng.integers(0, 2, (3, 4)).astype(bool)
