@@ -41,6 +41,7 @@ class GatedModel:
         self._backend = backend
 
     def infer(self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        self._backend.infer_entered.set()
         self._backend.gate.wait(20)
         return {"Y": inputs["X"] * 2}
 
@@ -58,11 +59,14 @@ class GatedBackend:
         self.gate = threading.Event()
         self.load_gate = threading.Event()
         self.load_gate.set()
+        self.infer_entered = threading.Event()
+        self.load_entered = threading.Event()
         self.loads = 0
         self.unloads = 0
 
     def load(self, model_id: str, path: Path, key: dict[str, Any], device: str) -> LoadedModel:
         self.loads += 1
+        self.load_entered.set()
         self.load_gate.wait(20)
         return GatedModel(self)
 
@@ -93,6 +97,10 @@ async def _start(etcd: LocalEtcd, mesh: str, capacity: int, backend: GatedBacken
     return server
 
 
+async def _entered(event: threading.Event) -> None:
+    assert await asyncio.get_running_loop().run_in_executor(None, event.wait, 20), "the backend was never called"
+
+
 async def _until(check: Any, timeout_s: float = 10.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -110,7 +118,7 @@ async def test_stop_drains_in_flight_requests_and_refuses_loads(
         spi, v2 = rpg.ModelRuntimeStub(ch), pbg.GRPCInferenceServiceStub(ch)
         await spi.loadModel(rpb.LoadModelRequest(modelId="g", modelType="gate", modelPath=str(model_file)))
         in_flight = asyncio.ensure_future(v2.ModelInfer(_request("g"), timeout=30))
-        await asyncio.sleep(0.3)  # the request is now waiting on the gate
+        await _entered(backend.infer_entered)  # the request is now waiting on the gate
         stopping = asyncio.ensure_future(server.stop())
 
         async def marked() -> bool:
@@ -146,7 +154,7 @@ async def test_eviction_never_takes_a_model_with_requests_in_flight(
             load.modelId = "busy"
             assert (await spi.loadModel(load)).sizeInBytes == 1_500_000 + 65536
             in_flight = asyncio.ensure_future(v2.ModelInfer(_request("busy"), timeout=30))
-            await asyncio.sleep(0.3)
+            await _entered(backend.infer_entered)
             load.modelId = "newcomer"
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await spi.loadModel(load)
@@ -174,8 +182,12 @@ async def test_unload_of_a_cancelled_load_returns_once_its_model_is_dropped(
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await spi.loadModel(load, timeout=0.3)
             assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            (copy,) = await registry.list_copies("c")
-            assert copy.state == rec.LOADING  # still loading: the caller's cancel does not stop it
+            await _entered(backend.load_entered)
+
+            async def loading() -> bool:  # still loading: the caller's cancel does not stop it
+                return [c.state for c in await registry.list_copies("c")] == [rec.LOADING]
+
+            await _until(loading)
             unload = asyncio.ensure_future(spi.unloadModel(rpb.UnloadModelRequest(modelId="c")))
             await asyncio.sleep(0.3)
             assert not unload.done()  # waits for the thread, which cannot be interrupted
