@@ -12,7 +12,7 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 from mesh.errors import InvalidArgument, StorageNotFound
 
@@ -39,6 +39,21 @@ class Fetcher(Protocol):
     async def release(self, model_id: str) -> None:
         """The runtime no longer holds the model: its files may be evicted."""
         ...
+
+
+def redact_uri(uri: str) -> str:
+    """A URI fit for messages: drops user:password and the query (presigned URLs sign there)."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "<unparseable URI>"
+    if not parts.scheme:
+        return uri
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    query = "…" if parts.query else ""
+    return urlunsplit((parts.scheme, host, parts.path, query, ""))
 
 
 def local_path(uri: str) -> Path | None:

@@ -68,6 +68,15 @@ def parse_host_port(value: str, *, what: str = "address") -> tuple[str, int]:
     return host.strip("[]"), int(port_text)
 
 
+def check_host_port(value: str, what: str) -> str:
+    """A pydantic validator body: ``value`` if it is HOST:PORT, else ValueError."""
+    try:
+        parse_host_port(value, what=what)
+    except InvalidArgument as e:
+        raise ValueError(str(e)) from None
+    return value
+
+
 _MESH_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 
 
@@ -88,11 +97,7 @@ class CommonSettings(BaseSettings):
     @field_validator("etcd")
     @classmethod
     def _check_etcd(cls, v: str) -> str:
-        try:
-            parse_host_port(v, what="etcd endpoint")
-        except InvalidArgument as e:
-            raise ValueError(str(e)) from None
-        return v
+        return check_host_port(v, "etcd endpoint")
 
     @field_validator("mesh")
     @classmethod

@@ -19,6 +19,7 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
+from mesh.fetcher import redact_uri  # noqa: F401 - re-exported for the puller
 from mesh.errors import InvalidArgument, StorageConfigInvalid, UnsafePath
 from mesh.fetcher import local_path
 from puller.storage_config import TYPE_TO_SCHEME, StorageConfig, StorageSpec
@@ -60,21 +61,6 @@ class Source:
 def is_archive_name(name: str) -> bool:
     lower = name.lower().split("?", 1)[0]
     return lower.endswith(ARCHIVE_SUFFIXES)
-
-
-def redact_uri(uri: str) -> str:
-    """Drops user:password and the query (presigned URLs carry signatures there)."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return "<unparseable URI>"
-    if not parts.scheme:
-        return uri
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    query = "…" if parts.query else ""
-    return urlunsplit((parts.scheme, host, parts.path, query, ""))
 
 
 def _clean_key(path: str, display: str) -> str:

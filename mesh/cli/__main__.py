@@ -1,4 +1,4 @@
-"""``python -m mesh.cli`` = the ``meshserve`` command."""
+"""``python -m mesh.cli``: the same as the ``meshserve`` command."""
 
 import sys
 

@@ -1,0 +1,128 @@
+"""``inference.GRPCInferenceService`` (KServe V2) served by the runtime.
+
+The model is named by ``model_name``, unless an ``mm-model-id`` (or UTF-8
+``mm-model-id-bin``) header is present: the router sends the concrete model id
+there, and it wins. A model not loaded here is NOT_FOUND "model 'X' is not
+loaded on runtime <id>" (the router reloads elsewhere on that), while ModelReady
+answers ready=false for it. Requests count as in flight while decoded and run,
+so the cache never evicts a model under a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from tritonclient.grpc import service_pb2 as pb
+
+from mesh import errors
+from mesh.grpc_errors import translate_errors
+from mesh.runtime.backends import LoadedModel
+from mesh.runtime.loader import ModelManager
+from mesh.runtime.metrics import RuntimeMetrics
+from mesh.runtime.tensors import decode_inputs, encode_outputs, requested_outputs
+
+MODEL_ID_HEADER = "mm-model-id"
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+
+
+def model_id_from(context: grpc.aio.ServicerContext, fallback: str) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == MODEL_ID_HEADER and value:
+            return str(value)
+        if key == MODEL_ID_HEADER + "-bin" and value:
+            try:
+                return value.decode() if isinstance(value, bytes) else str(value)
+            except UnicodeDecodeError:
+                raise errors.InvalidArgument("mm-model-id-bin header is not UTF-8") from None
+    if not fallback:
+        raise errors.InvalidArgument("no model named: set model_name (or the mm-model-id header)")
+    return fallback
+
+
+def _metadata(model: LoadedModel, name: str) -> Any:
+    resp = pb.ModelMetadataResponse(name=name, versions=["1"], platform=model.platform)
+    for kind, specs in (("inputs", model.signature.inputs), ("outputs", model.signature.outputs)):
+        for t in specs:
+            getattr(resp, kind).add(name=t.name, datatype=t.datatype, shape=list(t.shape))
+    return resp
+
+
+class InferenceServicer:
+    def __init__(self, manager: ModelManager, instance_id: str, metrics: RuntimeMetrics, version: str,
+                 ready: Callable[[], bool]) -> None:
+        self._manager = manager
+        self._instance_id = instance_id
+        self._metrics = metrics
+        self._version = version
+        self._ready = ready
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        from mesh.runtime.grpc_service import protobuf_service
+
+        return protobuf_service(SERVICE, {
+            "ServerLive": self.ServerLive, "ServerReady": self.ServerReady, "ServerMetadata": self.ServerMetadata,
+            "ModelReady": self.ModelReady, "ModelMetadata": self.ModelMetadata, "ModelInfer": self.ModelInfer,
+        })
+
+    @translate_errors
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return pb.ServerLiveResponse(live=True)
+
+    @translate_errors
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return pb.ServerReadyResponse(ready=self._ready())
+
+    @translate_errors
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return pb.ServerMetadataResponse(name="meshserve-runtime", version=self._version, extensions=[])
+
+    @translate_errors
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        entry = self._manager.cache.get(model_id_from(context, request.name))
+        return pb.ModelReadyResponse(ready=entry is not None and entry.loaded)
+
+    @translate_errors
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        model_id = model_id_from(context, request.name)
+        with self._manager.use(model_id, self._instance_id) as entry:
+            return _metadata(entry.model, request.name or model_id)
+
+    @translate_errors
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            return await self._infer(request, context)
+        except errors.MeshError as e:
+            code = e.code
+            raise
+        except Exception:
+            code = "INTERNAL"
+            raise
+        finally:
+            self._metrics.requests.labels("ModelInfer", code).inc()
+            self._metrics.request_seconds.labels("ModelInfer").observe(time.perf_counter() - started)
+
+    async def _infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        model_id = model_id_from(context, request.model_name)
+        with self._manager.use(model_id, self._instance_id) as entry:
+            model: LoadedModel = entry.model
+            inputs = decode_inputs(request, model.signature, model_id)
+            wanted = requested_outputs(request, model.signature, model_id)
+            loop = asyncio.get_running_loop()
+            try:
+                outputs = await loop.run_in_executor(self._manager.infer_pool, model.infer, inputs, wanted)
+            except errors.MeshError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the framework's own error types
+                cls = errors.InvalidArgument if "InvalidArgument" in type(e).__name__ else errors.Internal
+                raise cls(f"model {model_id!r} failed to run: {type(e).__name__}: {e}") from None
+        response = pb.ModelInferResponse(
+            model_name=request.model_name or model_id, model_version=request.model_version or "1", id=request.id
+        )
+        encode_outputs(response, outputs, model.signature)
+        return response

@@ -1,0 +1,418 @@
+"""Loading and unloading models: single flight, bounded, timed, cancel-safe.
+
+- One load per model id however many ``load`` calls wait on it (they share it).
+- At most ``max_loading_concurrency`` loads run at once (fetch + deserialise).
+- Each load's timeout grows with its predicted size (base + per GB).
+- Framework work (session creation, ``torch.jit.load``, unload) runs in a
+  dedicated thread pool; a thread cannot be interrupted, so a cancelled or timed
+  out load waits for its thread and then drops what it made: when ``unload``
+  returns, nothing of that model is held.
+- Fetches go through the injected :class:`~mesh.fetcher.Fetcher`; each loaded
+  model's files are released when it is unloaded or evicted.
+
+State changes are reported to a :class:`LoadListener` (the registration), which
+must not block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from mesh.clock import Clock
+from mesh.errors import DeadlineExceeded, InvalidArgument, MeshError, ModelLoadFailed, NotFound, Unavailable
+from mesh.fetcher import Fetcher, local_path, redact_uri
+from mesh.registry.ids import validate_id
+from mesh.runtime.backends import BackendRegistry, LoadedModel
+from mesh.runtime.cache import Entry, ModelCache
+from mesh.runtime.metrics import RuntimeMetrics
+from mesh.runtime.settings import RuntimeSettings
+from mesh.runtime.sizing import LoadMeter, predict_size
+
+log = logging.getLogger(__name__)
+
+#: How long an unload waits for requests still running on the model.
+UNLOAD_DRAIN_S = 30.0
+
+
+class LoadListener(Protocol):
+    def loading(self, model_id: str) -> None: ...
+
+    def loaded(self, model_id: str, size_bytes: int) -> None: ...
+
+    def removed(self, model_id: str) -> None: ...
+
+    def changed(self) -> None:
+        """Counts, sizes or LRU times changed (the instance record is stale)."""
+        ...
+
+
+def parse_key(model_id: str, key: str) -> dict[str, Any]:
+    """The model key as a dict. ModelMesh keys are opaque, usually JSON; a key that
+    is not a JSON object is kept as ``{"key": <text>}``."""
+    if not key.strip():
+        return {}
+    try:
+        data = json.loads(key)
+    except ValueError:
+        return {"key": key}
+    return data if isinstance(data, dict) else {"key": key}
+
+
+class RequestRate:
+    """Requests over the last minute, in 10-second buckets (for ``requests_per_min``)."""
+
+    BUCKET_S = 10.0
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._buckets: dict[int, int] = {}
+
+    def add(self) -> None:
+        b = int(self._clock.monotonic() // self.BUCKET_S)
+        self._buckets[b] = self._buckets.get(b, 0) + 1
+        if len(self._buckets) > 8:
+            for old in [k for k in self._buckets if k <= b - 6]:
+                del self._buckets[old]
+
+    def per_minute(self) -> int:
+        b = int(self._clock.monotonic() // self.BUCKET_S)
+        return sum(n for k, n in self._buckets.items() if b - 6 < k <= b)
+
+
+class ModelManager:
+    def __init__(
+        self,
+        settings: RuntimeSettings,
+        capacity: int,
+        *,
+        backends: BackendRegistry,
+        fetcher: Fetcher,
+        clock: Clock,
+        metrics: RuntimeMetrics,
+        listener: LoadListener,
+    ) -> None:
+        self._s = settings
+        self.settings = settings
+        self.cache = ModelCache(capacity, clock)
+        self.backends = backends
+        self._fetcher = fetcher
+        self._clock = clock
+        self._metrics = metrics
+        self._listener = listener
+        self._meter = LoadMeter(settings.device)
+        self._loads: dict[str, asyncio.Task[int]] = {}
+        self._slots = asyncio.Semaphore(settings.max_loading_concurrency)
+        self._load_pool = ThreadPoolExecutor(settings.max_loading_concurrency + 1, thread_name_prefix="load")
+        self.infer_pool = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="infer")
+        #: Threads of cancelled loads still running (their model is dropped when they end).
+        self._orphans: set[Future[Any]] = set()
+        #: Models being unloaded; a new load of the same id waits for it.
+        self._unloading: dict[str, asyncio.Future[None]] = {}
+        self._unload_tasks: set[asyncio.Task[None]] = set()
+        self.accepting = True
+        self.in_flight = 0
+        self.rate = RequestRate(clock)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        metrics.capacity_bytes.set(capacity)
+
+    # -- queries -----------------------------------------------------------
+
+    @property
+    def loads_in_progress(self) -> int:
+        return len(self._loads)
+
+    def size_of(self, model_id: str) -> int:
+        entry = self.cache.get(model_id)
+        return entry.size if entry is not None and entry.loaded else 0
+
+    async def predict(self, model_id: str, model_type: str, path: str) -> int:
+        """Conservative size without loading: local file bytes x factor + overhead, else the default."""
+        validate_id(model_id)
+        self.backends.get(model_type)
+        entry = self.cache.get(model_id)
+        if entry is not None and entry.loaded:
+            return entry.size
+        try:
+            local = local_path(path)
+        except InvalidArgument:
+            local = None
+        if local is None:
+            return self._s.default_model_size
+        from mesh.fetcher import disk_size
+
+        try:
+            size = await asyncio.get_running_loop().run_in_executor(self._load_pool, disk_size, local)
+        except OSError:
+            return self._s.default_model_size
+        return predict_size(size, self._s.size_prediction_factor, self._s.size_overhead) if size \
+            else self._s.default_model_size
+
+    # -- loading -----------------------------------------------------------
+
+    def check_request(self, model_id: str, model_type: str) -> None:
+        """The checks that reject a load without attempting it."""
+        validate_id(model_id)
+        self.backends.get(model_type)
+        if not self.accepting:
+            raise Unavailable(f"runtime is shutting down: load model {model_id!r} elsewhere")
+
+    async def load(self, model_id: str, model_type: str, path: str, key: str) -> int:
+        """Loads (or joins the load in progress); returns the charged size in bytes."""
+        self.check_request(model_id, model_type)
+        if not path.strip():
+            raise InvalidArgument(f"model {model_id!r}: modelPath is empty")
+        entry = self.cache.get(model_id)
+        if entry is not None and entry.loaded:
+            return entry.size
+        task = self._loads.get(model_id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(
+                self._load(model_id, model_type, path, parse_key(model_id, key)), name=f"load-{model_id}"
+            )
+            self._loads[model_id] = task
+            task.add_done_callback(functools.partial(self._load_done, model_id))
+        # The load is shared: a caller that goes away (gRPC cancel) does not stop it;
+        # the SPI follows a cancelled loadModel with unloadModel, which does.
+        return await asyncio.shield(task)
+
+    def _load_done(self, model_id: str, task: asyncio.Task[int]) -> None:
+        if self._loads.get(model_id) is task:
+            del self._loads[model_id]
+        if not task.cancelled():
+            task.exception()  # mark retrieved: callers saw it already
+
+    async def _load(self, model_id: str, model_type: str, path: str, key: dict[str, Any]) -> int:
+        backend = self.backends.get(model_type)
+        unloading = self._unloading.get(model_id)
+        if unloading is not None:  # its files must be released before this load pins them again
+            await asyncio.shield(unloading)
+        self._listener.loading(model_id)
+        result = "failure"
+        try:
+            async with self._slots:
+                self._metrics.loads_in_progress.set(len(self._loads))
+                fetched = await self._fetcher.fetch(model_id, path, key)
+                try:
+                    size = await self._load_fetched(model_id, model_type, backend, fetched.path, fetched.size_bytes, key)
+                except ModelLoadFailed as e:
+                    await self._fetcher.release(model_id)
+                    if str(fetched.path) != path:  # name the source, not just the cached copy
+                        raise ModelLoadFailed(f"{e.message} (model files from {redact_uri(path)})") from None
+                    raise
+                except BaseException:
+                    await self._fetcher.release(model_id)
+                    raise
+            result = "success"
+            self._listener.loaded(model_id, size)
+            return size
+        except asyncio.CancelledError:
+            result = "cancelled"
+            raise
+        except MeshError as e:
+            log.warning("load of model %r failed: %s", model_id, e)
+            raise
+        except Exception as e:
+            log.exception("load of model %r failed unexpectedly", model_id)
+            raise ModelLoadFailed(f"model {model_id!r}: load failed: {type(e).__name__}: {e}") from None
+        finally:
+            self._metrics.loads.labels(result).inc()
+            if result != "success":
+                self._listener.removed(model_id)
+            self._update_gauges()
+
+    async def _load_fetched(
+        self, model_id: str, model_type: str, backend: Any, path: Path, file_bytes: int, key: dict[str, Any]
+    ) -> int:
+        predicted = max(predict_size(file_bytes, self._s.size_prediction_factor, self._s.size_overhead), 1)
+        victims = self.cache.reserve(model_id, model_type, predicted)
+        self._update_gauges()
+        timeout = self._s.load_timeout_base_s + self._s.load_timeout_per_gb_s * predicted / 1e9
+        started = self._clock.monotonic()
+        try:
+            # Victims leave before the newcomer allocates (their memory is really free).
+            await self._unload_entries(victims, "evicted")
+            try:
+                async with asyncio.timeout(timeout):
+                    model, measured = await self._in_thread(
+                        lambda: self._meter.measure(lambda: backend.load(model_id, path, key, self._s.device)),
+                        cleanup=lambda r: r[0].unload(),
+                    )
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"model {model_id!r}: load took longer than {timeout:.0f}s (the timeout for a predicted "
+                    f"{predicted} bytes); nothing was kept"
+                ) from None
+            measured = max(measured, model.allocated_bytes)
+            try:
+                evicted = self.cache.commit(model_id, model, measured)
+            except MeshError:
+                await self._in_thread(model.unload)
+                raise
+        except BaseException:
+            self.cache.remove(model_id)
+            raise
+        await self._unload_entries(evicted, "evicted")
+        entry = self.cache.get(model_id)
+        assert entry is not None
+        self._metrics.load_seconds.observe(self._clock.monotonic() - started)
+        log.info("loaded model %r (%s) from %s: predicted %d, measured %d, charged %d bytes",
+                 model_id, model_type, path, predicted, measured, entry.size)
+        return entry.size
+
+    async def _in_thread(self, fn: Any, cleanup: Any = None) -> Any:
+        """Runs ``fn`` in the load pool. If cancelled meanwhile, waits for the thread
+        (it cannot be stopped) and runs ``cleanup(result)`` on what it produced
+        before re-raising the cancellation; if that wait is cancelled too, the
+        cleanup still runs when the thread ends (``settle`` waits for it)."""
+        fut = self._load_pool.submit(fn)
+        try:
+            return await asyncio.wrap_future(fut)
+        except asyncio.CancelledError:
+            if cleanup is not None:
+                cleaned: Future[None] = Future()
+                self._orphans.add(cleaned)
+
+                def drop(f: Future[Any]) -> None:
+                    try:
+                        if not f.cancelled() and f.exception() is None:
+                            cleanup(f.result())
+                    except Exception:  # noqa: BLE001 - runs in a pool thread; log and go on
+                        log.exception("dropping a cancelled load's model failed")
+                    finally:
+                        self._orphans.discard(cleaned)
+                        cleaned.set_result(None)
+
+                fut.add_done_callback(drop)
+                try:
+                    await asyncio.shield(asyncio.wrap_future(cleaned))
+                except asyncio.CancelledError:
+                    pass
+            raise
+
+    # -- unloading ---------------------------------------------------------
+
+    async def unload(self, model_id: str, reason: str = "requested") -> bool:
+        """Cancels a load in progress or unloads; True if something was dropped."""
+        validate_id(model_id)
+        task = self._loads.get(model_id)
+        dropped = False
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            dropped = True
+        entry = self.cache.get(model_id)
+        if entry is not None and entry.loaded:
+            self.cache.remove(model_id)
+            await self._unload_entries([entry], reason)
+            dropped = True
+        return dropped
+
+    async def _unload_entries(self, entries: list[Entry], reason: str) -> None:
+        """Unloads entries already removed from the cache (no new request can reach
+        them); requests still running on one are waited for, bounded. Runs to the
+        end even if the caller is cancelled (a half-done unload would leave copy
+        keys and file pins behind)."""
+        if not entries:
+            return
+        task = asyncio.get_running_loop().create_task(self._unload_now(entries, reason))
+        self._unload_tasks.add(task)
+        task.add_done_callback(self._unload_tasks.discard)
+        await asyncio.shield(task)
+
+    async def _unload_now(self, entries: list[Entry], reason: str) -> None:
+        loop = asyncio.get_running_loop()
+        done: dict[str, asyncio.Future[None]] = {}
+        for entry in entries:
+            done[entry.model_id] = self._unloading[entry.model_id] = loop.create_future()
+        for entry in entries:
+            try:
+                deadline = loop.time() + UNLOAD_DRAIN_S
+                while entry.in_flight and loop.time() < deadline:
+                    await asyncio.sleep(0.005)
+                model: LoadedModel | None = entry.model
+                entry.model = None
+                try:
+                    if model is not None:
+                        await self._in_thread(model.unload)
+                    await self._fetcher.release(entry.model_id)
+                except Exception:  # noqa: BLE001 - one failed unload must not stop the others
+                    log.exception("unloading model %r failed", entry.model_id)
+            finally:
+                self._metrics.unloads.labels(reason).inc()
+                if reason == "evicted":
+                    self._metrics.evictions.inc()
+                    log.info("evicted model %r (%d bytes, idle since %d ms epoch)", entry.model_id, entry.size,
+                             entry.last_used_ms)
+                self._listener.removed(entry.model_id)
+                done[entry.model_id].set_result(None)
+                if self._unloading.get(entry.model_id) is done[entry.model_id]:
+                    del self._unloading[entry.model_id]
+        self._update_gauges()
+
+    async def unload_all(self, reason: str, timeout_s: float = 10.0) -> None:
+        """Cancels every load (waiting at most ``timeout_s`` for their threads) and
+        unloads every model."""
+        loads = list(self._loads.values())
+        for task in loads:
+            task.cancel()
+        if loads:
+            await asyncio.wait(loads, timeout=timeout_s)
+        entries = self.cache.loaded()
+        for e in entries:
+            self.cache.remove(e.model_id)
+        await self._unload_entries(entries, reason)
+        await asyncio.gather(*self._unload_tasks, return_exceptions=True)
+
+    async def settle(self, timeout_s: float) -> None:
+        """Waits (bounded) for the threads of cancelled loads to finish and drop their models."""
+        pending = [asyncio.wrap_future(f) for f in list(self._orphans)]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
+
+    # -- inference bookkeeping ----------------------------------------------
+
+    @contextmanager
+    def use(self, model_id: str, instance_id: str) -> Iterator[Entry]:
+        """Marks a request in flight on a loaded model (it cannot be evicted meanwhile)."""
+        entry = self.cache.get(model_id)
+        if entry is None or not entry.loaded:
+            raise NotFound(f"model '{model_id}' is not loaded on runtime {instance_id}")
+        entry.in_flight += 1
+        self.in_flight += 1
+        self.rate.add()
+        self._idle.clear()
+        self.cache.touch(entry)
+        try:
+            yield entry
+        finally:
+            entry.in_flight -= 1
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
+            self._listener.changed()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+    def _update_gauges(self) -> None:
+        self._metrics.models_loaded.set(len(self.cache.loaded()))
+        self._metrics.used_bytes.set(self.cache.used)
+        self._metrics.loads_in_progress.set(len(self._loads))
+        self._listener.changed()
+
+    def close(self) -> None:
+        self._load_pool.shutdown(wait=False, cancel_futures=True)
+        self.infer_pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,253 @@
+"""The runtime in the registry: its instance record and one copy key per model.
+
+Both live under one etcd lease (``LeaseKeeper``), so a runtime that dies leaves
+nothing once the lease expires; the record carries ``lease_id`` because routers
+claim copy keys under the instance's lease. Writes go through two owned loops:
+
+- the instance record, rewritten at most once per ``record_interval_s`` while
+  something changes (coalesced: a burst of loads is one write);
+- copy keys, one writer for all models so writes for one model never reorder:
+  LOADING when a load starts (overwriting what a router may have claimed),
+  LOADED with the size when done, deleted on unload, eviction or failure.
+  ``flush_copy`` lets loadModel return only once its LOADED key is written.
+
+On lease loss (etcd partition longer than the TTL) it re-registers under a new
+lease and re-puts every copy key. On start it deletes copy keys a previous
+process with the same instance id left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mesh.clock import Clock
+from mesh.errors import MeshError
+from mesh.registry import records as rec
+from mesh.registry.lease import LeaseKeeper
+from mesh.registry.registry import Registry
+
+log = logging.getLogger(__name__)
+
+#: The record is re-checked this often even without changes (and written if it differs).
+RECORD_REFRESH_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeStats:
+    used_bytes: int
+    model_count: int
+    oldest_lru_ms: int
+    loads_in_progress: int
+    requests_per_min: int = 0
+
+
+class Registration:
+    def __init__(
+        self,
+        registry: Registry,
+        record: rec.InstanceRecord,
+        stats: Callable[[], RuntimeStats],
+        *,
+        lease_ttl_s: int,
+        clock: Clock,
+        record_interval_s: float = 1.0,
+    ) -> None:
+        self._registry = registry
+        self._base = record
+        self._stats = stats
+        self._ttl = lease_ttl_s
+        self._clock = clock
+        self._interval = record_interval_s
+        self.instance_id = record.instance_id
+        self._keeper: LeaseKeeper | None = None
+        self._lease_lost = asyncio.Event()
+        self._record_dirty = asyncio.Event()
+        self._copies_dirty = asyncio.Event()
+        self._desired: dict[str, rec.CopyRecord | None] = {}
+        self._pending: set[str] = set()
+        self._seq = 0
+        self._desired_seq: dict[str, int] = {}
+        self._written_seq: dict[str, int] = {}
+        self._written = asyncio.Condition()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.shutting_down = False
+        self._last_written: rec.InstanceRecord | None = None
+        self._put_lock = asyncio.Lock()
+
+    @property
+    def lease_id(self) -> int:
+        return self._keeper.lease_id if self._keeper else 0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Cleans up a predecessor's copy keys, registers, starts the loops."""
+        removed = await self._delete_leftover_copies()
+        if removed:
+            log.info("deleted %d copy keys a previous runtime %s left behind", removed, self.instance_id)
+        await self._register()
+        loop = asyncio.get_running_loop()
+        for name, coro in (("record", self._record_loop()), ("copies", self._copy_loop()),
+                           ("lease", self._lease_loop())):
+            self._tasks.append(loop.create_task(coro, name=f"registration-{name}"))
+
+    async def stop(self) -> None:
+        """Stops the loops and revokes the lease: the record and every copy key vanish."""
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._keeper is not None:
+            await self._keeper.stop(revoke=True)
+
+    async def mark_shutting_down(self) -> None:
+        """Writes ``shutting_down`` at once, so placement stops choosing this runtime."""
+        self.shutting_down = True
+        try:
+            await self._put_record()
+        except MeshError as e:
+            log.warning("could not mark instance %s shutting down: %s", self.instance_id, e)
+
+    # -- LoadListener --------------------------------------------------------
+
+    def loading(self, model_id: str) -> None:
+        self._set_copy(model_id, rec.CopyRecord(model_id, self.instance_id, rec.LOADING, self._clock.now_ms()))
+
+    def loaded(self, model_id: str, size_bytes: int) -> None:
+        self._set_copy(model_id, rec.CopyRecord(model_id, self.instance_id, rec.LOADED, self._clock.now_ms(),
+                                                size_bytes))
+
+    def removed(self, model_id: str) -> None:
+        self._set_copy(model_id, None)
+
+    def changed(self) -> None:
+        self._record_dirty.set()
+
+    async def flush_copy(self, model_id: str, timeout_s: float) -> bool:
+        """Waits until the latest state of ``model_id``'s copy key is in etcd."""
+        target = self._desired_seq.get(model_id, 0)
+
+        def written() -> bool:
+            return model_id not in self._desired_seq or self._written_seq.get(model_id, 0) >= target
+
+        async with self._written:
+            try:
+                await asyncio.wait_for(self._written.wait_for(written), timeout_s)
+                return True
+            except TimeoutError:
+                return False
+
+    # -- internals ---------------------------------------------------------
+
+    def _set_copy(self, model_id: str, copy: rec.CopyRecord | None) -> None:
+        self._seq += 1
+        self._desired[model_id] = copy
+        self._desired_seq[model_id] = self._seq
+        self._pending.add(model_id)
+        self._copies_dirty.set()
+        self._record_dirty.set()
+
+    def record(self) -> rec.InstanceRecord:
+        s = self._stats()
+        return dataclasses.replace(
+            self._base, lease_id=self.lease_id, used_bytes=s.used_bytes, model_count=s.model_count,
+            oldest_lru_ms=s.oldest_lru_ms, loads_in_progress=s.loads_in_progress,
+            requests_per_min=s.requests_per_min, shutting_down=self.shutting_down,
+        )
+
+    async def _put_record(self, *, only_if_changed: bool = False) -> None:
+        # One writer at a time, each computing the record inside the lock: a slow
+        # periodic write can never land after (and undo) the shutting-down one.
+        async with self._put_lock:
+            record = self.record()
+            if only_if_changed and record == self._last_written:
+                return  # most requests change nothing a router reads
+            await self._registry.put_instance(record, lease=self.lease_id)
+            self._last_written = record
+
+    async def _register(self) -> None:
+        self._lease_lost.clear()
+        keeper = LeaseKeeper(self._registry.store, self._ttl, clock=self._clock,
+                             on_lost=lambda _reason: self._lease_lost.set())
+        await keeper.start()
+        self._keeper = keeper
+        await self._put_record()
+
+    async def _delete_leftover_copies(self) -> int:
+        keys = self._registry.keys
+        store = self._registry.store
+        removed, after = 0, None
+        while True:
+            page = await store.list(keys.copies, limit=500, start_after=after)
+            for kv in page.items:
+                parsed = keys.parse(kv.key)
+                if parsed is not None and parsed.instance_id == self.instance_id:
+                    removed += int(await store.delete(kv.key))
+            if not page.more or not page.items:
+                return removed
+            after = page.items[-1].key
+
+    async def _record_loop(self) -> None:
+        while True:
+            try:
+                # Also wake now and then: requests_per_min decays with no event.
+                await asyncio.wait_for(self._record_dirty.wait(), RECORD_REFRESH_S)
+            except TimeoutError:
+                pass
+            self._record_dirty.clear()
+            try:
+                await self._put_record(only_if_changed=True)
+            except MeshError as e:
+                log.warning("instance record update failed (will retry): %s", e)
+                self._record_dirty.set()
+            await asyncio.sleep(self._interval)
+
+    async def _copy_loop(self) -> None:
+        delay = 0.1
+        while True:
+            await self._copies_dirty.wait()
+            self._copies_dirty.clear()
+            while self._pending:
+                model_id = self._pending.pop()
+                copy, seq = self._desired.get(model_id), self._desired_seq.get(model_id, 0)
+                try:
+                    if copy is not None:
+                        await self._registry.put_copy(copy, lease=self.lease_id)
+                    else:
+                        await self._registry.delete_copy(model_id, self.instance_id)
+                except MeshError as e:
+                    log.warning("copy key for %r not written (will retry): %s", model_id, e)
+                    self._pending.add(model_id)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                delay = 0.1
+                async with self._written:
+                    self._written_seq[model_id] = seq
+                    if copy is None and self._desired_seq.get(model_id) == seq:
+                        # Deleted and nothing newer: forget the model entirely.
+                        del self._desired[model_id], self._desired_seq[model_id], self._written_seq[model_id]
+                    self._written.notify_all()
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await self._lease_lost.wait()
+            old = self.lease_id
+            delay = 0.2
+            while True:
+                try:
+                    if self._keeper is not None:
+                        await self._keeper.stop(revoke=False)
+                    await self._register()
+                    break
+                except MeshError as e:
+                    log.warning("re-registering after losing lease %x failed (will retry): %s", old, e)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            log.warning("lease %x was lost; re-registered as %s under lease %x", old, self.instance_id, self.lease_id)
+            self._pending.update(m for m, c in self._desired.items() if c is not None)
+            self._copies_dirty.set()

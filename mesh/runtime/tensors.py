@@ -1,0 +1,206 @@
+"""KServe V2 tensors <-> numpy, checked against a model's signature.
+
+Requests may carry tensors raw (``raw_input_contents``, one entry per input, in
+input order, little-endian, as tritonclient sends them) or typed (``contents``).
+FP16 and BF16 have no typed field in V2, so they must be raw (as in Triton).
+Responses are always raw (``raw_output_contents``), whatever the request used:
+that is what Triton does and what tritonclient's ``as_numpy`` reads first; the
+datatype and shape travel in each output's metadata. BYTES (strings) is not
+supported yet: a model with a BYTES tensor fails to load with a clear message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from mesh.errors import InvalidArgument
+from mesh.runtime.backends.base import Signature, TensorSpec
+
+#: V2 datatype -> numpy dtype (little-endian).
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"), "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+}
+_BY_DTYPE = {dt: name for name, dt in DATATYPES.items()}
+
+#: Which ``InferTensorContents`` field carries each datatype when typed.
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
+    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents",
+}
+
+
+def datatype_of(dtype: np.dtype[Any]) -> str:
+    """V2 datatype of a numpy dtype (byte order ignored)."""
+    name = _BY_DTYPE.get(np.dtype(dtype).newbyteorder("<")) or _BY_DTYPE.get(np.dtype(dtype))
+    if name is None:
+        raise InvalidArgument(f"numpy dtype {dtype} has no KServe V2 datatype")
+    return name
+
+
+def shape_matches(expected: tuple[int, ...], got: tuple[int, ...]) -> bool:
+    return len(expected) == len(got) and all(e in (-1, g) for e, g in zip(expected, got))
+
+
+def _fmt_shape(shape: tuple[int, ...] | list[int]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _check_header(model: str, spec: TensorSpec, datatype: str, shape: tuple[int, ...]) -> None:
+    if datatype != spec.datatype:
+        raise InvalidArgument(
+            f"model {model!r} input {spec.name!r}: expected datatype {spec.datatype}, got {datatype or '(none)'}"
+        )
+    if any(d < 0 for d in shape):
+        raise InvalidArgument(f"model {model!r} input {spec.name!r}: shape {_fmt_shape(shape)} has a negative dimension")
+    if not shape_matches(spec.shape, shape):
+        raise InvalidArgument(
+            f"model {model!r} input {spec.name!r}: expected shape {_fmt_shape(spec.shape)} (-1 = any), "
+            f"got {_fmt_shape(shape)}"
+        )
+
+
+def decode_inputs(request: Any, signature: Signature, model: str) -> dict[str, np.ndarray]:
+    """The request's inputs as numpy arrays, each checked against ``signature``.
+
+    ``request`` is an ``inference.ModelInferRequest``. Raises InvalidArgument
+    naming the input and what was expected versus received.
+    """
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidArgument(
+            f"model {model!r}: {len(request.inputs)} inputs but {len(raw)} raw_input_contents entries; "
+            "with raw contents every input needs exactly one entry, in input order"
+        )
+    out: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(request.inputs):
+        spec = signature.input(tensor.name)
+        if spec is None:
+            known = ", ".join(repr(t.name) for t in signature.inputs)
+            raise InvalidArgument(f"model {model!r} has no input {tensor.name!r} (its inputs: {known})")
+        if tensor.name in out:
+            raise InvalidArgument(f"model {model!r}: input {tensor.name!r} is given twice")
+        shape = tuple(int(d) for d in tensor.shape)
+        _check_header(model, spec, tensor.datatype, shape)
+        dtype = DATATYPES[spec.datatype]
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidArgument(
+                    f"model {model!r} input {tensor.name!r}: has typed contents although the request uses "
+                    "raw_input_contents; send every input one way"
+                )
+            data = raw[i]
+            if len(data) != count * dtype.itemsize:
+                raise InvalidArgument(
+                    f"model {model!r} input {tensor.name!r}: shape {_fmt_shape(shape)} of {spec.datatype} needs "
+                    f"{count * dtype.itemsize} bytes of raw contents, got {len(data)}"
+                )
+            out[tensor.name] = np.frombuffer(data, dtype=dtype).reshape(shape)
+        else:
+            out[tensor.name] = _typed(model, tensor, spec, dtype, shape, count)
+    missing = [t.name for t in signature.inputs if t.name not in out]
+    if missing:
+        raise InvalidArgument(f"model {model!r}: missing input {', '.join(repr(m) for m in missing)}")
+    return out
+
+
+def _typed(model: str, tensor: Any, spec: TensorSpec, dtype: np.dtype[Any], shape: tuple[int, ...],
+           count: int) -> np.ndarray:
+    field = _CONTENTS_FIELD.get(spec.datatype)
+    if field is None:
+        raise InvalidArgument(
+            f"model {model!r} input {tensor.name!r}: {spec.datatype} has no typed contents field in KServe V2; "
+            "send it in raw_input_contents"
+        )
+    values = getattr(tensor.contents, field)
+    for other in _CONTENTS_FIELD.values():
+        if other != field and len(getattr(tensor.contents, other)):
+            raise InvalidArgument(
+                f"model {model!r} input {tensor.name!r}: {spec.datatype} data belongs in contents.{field}, "
+                f"got contents.{other}"
+            )
+    if len(values) != count:
+        raise InvalidArgument(
+            f"model {model!r} input {tensor.name!r}: shape {_fmt_shape(shape)} needs {count} values in "
+            f"contents.{field}, got {len(values)}"
+        )
+    arr = np.asarray(values)
+    if arr.size and np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        if arr.min() < info.min or arr.max() > info.max:
+            raise InvalidArgument(
+                f"model {model!r} input {tensor.name!r}: values outside the range of {spec.datatype}"
+            )
+    return arr.astype(dtype, copy=False).reshape(shape)
+
+
+def encode_outputs(response: Any, outputs: dict[str, np.ndarray], signature: Signature) -> None:
+    """Appends ``outputs`` to an ``inference.ModelInferResponse``, raw, in signature order."""
+    order = {t.name: i for i, t in enumerate(signature.outputs)}
+    for name in sorted(outputs, key=lambda n: order.get(n, len(order))):
+        arr = np.asarray(outputs[name])
+        spec = signature.output(name)
+        datatype = datatype_of(arr.dtype)
+        if spec is not None and spec.datatype != datatype:
+            arr = arr.astype(DATATYPES[spec.datatype])  # a backend returning wider types
+            datatype = spec.datatype
+        t = response.outputs.add()
+        t.name = name
+        t.datatype = datatype
+        t.shape.extend(arr.shape)
+        response.raw_output_contents.append(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
+
+
+def requested_outputs(request: Any, signature: Signature, model: str) -> tuple[str, ...]:
+    """Names of the outputs the request asks for (all when it names none)."""
+    names = tuple(o.name for o in request.outputs)
+    for name in names:
+        if signature.output(name) is None:
+            known = ", ".join(repr(t.name) for t in signature.outputs)
+            raise InvalidArgument(f"model {model!r} has no output {name!r} (its outputs: {known})")
+    return names
+
+
+def encode_inputs_typed(request: Any, inputs: dict[str, np.ndarray]) -> None:
+    """Test and client helper: adds inputs as typed ``contents`` (not raw)."""
+    for name, arr in inputs.items():
+        datatype = datatype_of(arr.dtype)
+        field = _CONTENTS_FIELD.get(datatype)
+        if field is None:
+            raise InvalidArgument(f"{datatype} cannot be sent as typed contents; send it raw")
+        t = request.inputs.add()
+        t.name, t.datatype = name, datatype
+        t.shape.extend(arr.shape)
+        getattr(t.contents, field).extend(arr.reshape(-1).tolist())
+
+
+def encode_inputs_raw(request: Any, inputs: dict[str, np.ndarray]) -> None:
+    """Test and client helper: adds inputs as ``raw_input_contents``."""
+    for name, arr in inputs.items():
+        t = request.inputs.add()
+        t.name, t.datatype = name, datatype_of(arr.dtype)
+        t.shape.extend(arr.shape)
+        request.raw_input_contents.append(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
+
+
+def decode_outputs(response: Any) -> dict[str, np.ndarray]:
+    """Test and client helper: a response's outputs as numpy (raw or typed)."""
+    out: dict[str, np.ndarray] = {}
+    for i, t in enumerate(response.outputs):
+        dtype = DATATYPES[t.datatype]
+        shape = tuple(t.shape)
+        if i < len(response.raw_output_contents):
+            out[t.name] = np.frombuffer(response.raw_output_contents[i], dtype=dtype).reshape(shape)
+        else:
+            field = _CONTENTS_FIELD[t.datatype]
+            out[t.name] = np.asarray(getattr(t.contents, field)).astype(dtype).reshape(shape)
+    return out
