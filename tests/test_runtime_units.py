@@ -161,7 +161,7 @@ def test_backends_by_model_type() -> None:
 
 
 def test_request_rate_counts_the_last_minute() -> None:
-    from mesh.runtime.loader import RequestRate
+    from mesh.runtime.rate import RequestRate
 
     clock = FakeClock()
     rate = RequestRate(clock)

@@ -33,6 +33,7 @@ from mesh.registry.ids import validate_id
 from mesh.runtime.backends import BackendRegistry, LoadedModel
 from mesh.runtime.cache import Entry, ModelCache
 from mesh.runtime.metrics import RuntimeMetrics
+from mesh.runtime.rate import RequestRate
 from mesh.runtime.settings import RuntimeSettings
 from mesh.runtime.sizing import LoadMeter, predict_size
 
@@ -66,27 +67,6 @@ def parse_key(model_id: str, key: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {"key": key}
 
 
-class RequestRate:
-    """Requests over the last minute, in 10-second buckets (for ``requests_per_min``)."""
-
-    BUCKET_S = 10.0
-
-    def __init__(self, clock: Clock) -> None:
-        self._clock = clock
-        self._buckets: dict[int, int] = {}
-
-    def add(self) -> None:
-        b = int(self._clock.monotonic() // self.BUCKET_S)
-        self._buckets[b] = self._buckets.get(b, 0) + 1
-        if len(self._buckets) > 8:
-            for old in [k for k in self._buckets if k <= b - 6]:
-                del self._buckets[old]
-
-    def per_minute(self) -> int:
-        b = int(self._clock.monotonic() // self.BUCKET_S)
-        return sum(n for k, n in self._buckets.items() if b - 6 < k <= b)
-
-
 class ModelManager:
     def __init__(
         self,
@@ -111,6 +91,8 @@ class ModelManager:
         self._loads: dict[str, asyncio.Task[int]] = {}
         self._slots = asyncio.Semaphore(settings.max_loading_concurrency)
         self._load_pool = ThreadPoolExecutor(settings.max_loading_concurrency + 1, thread_name_prefix="load")
+        # Unloads get their own threads: a load hung in its framework must not hold up evictions.
+        self._unload_pool = ThreadPoolExecutor(2, thread_name_prefix="unload")
         self.infer_pool = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="infer")
         #: Threads of cancelled loads still running (their model is dropped when they end).
         self._orphans: set[Future[Any]] = set()
@@ -255,7 +237,7 @@ class ModelManager:
             try:
                 evicted = self.cache.commit(model_id, model, measured)
             except MeshError:
-                await self._in_thread(model.unload)
+                await self._in_thread(model.unload, pool=self._unload_pool)
                 raise
         except BaseException:
             self.cache.remove(model_id)
@@ -268,12 +250,12 @@ class ModelManager:
                  model_id, model_type, path, predicted, measured, entry.size)
         return entry.size
 
-    async def _in_thread(self, fn: Any, cleanup: Any = None) -> Any:
+    async def _in_thread(self, fn: Any, cleanup: Any = None, pool: ThreadPoolExecutor | None = None) -> Any:
         """Runs ``fn`` in the load pool. If cancelled meanwhile, waits for the thread
         (it cannot be stopped) and runs ``cleanup(result)`` on what it produced
         before re-raising the cancellation; if that wait is cancelled too, the
         cleanup still runs when the thread ends (``settle`` waits for it)."""
-        fut = self._load_pool.submit(fn)
+        fut = (pool or self._load_pool).submit(fn)
         try:
             return await asyncio.wrap_future(fut)
         except asyncio.CancelledError:
@@ -342,7 +324,7 @@ class ModelManager:
                 entry.model = None
                 try:
                     if model is not None:
-                        await self._in_thread(model.unload)
+                        await self._in_thread(model.unload, pool=self._unload_pool)
                     await self._fetcher.release(entry.model_id)
                 except Exception:  # noqa: BLE001 - one failed unload must not stop the others
                     log.exception("unloading model %r failed", entry.model_id)
@@ -415,4 +397,5 @@ class ModelManager:
 
     def close(self) -> None:
         self._load_pool.shutdown(wait=False, cancel_futures=True)
+        self._unload_pool.shutdown(wait=False, cancel_futures=True)
         self.infer_pool.shutdown(wait=False, cancel_futures=True)

@@ -71,8 +71,23 @@ class OnnxBackend:
         the first real load, so they are not charged to that model."""
         import onnxruntime as ort
 
-        session = ort.InferenceSession(_WARM_UP_MODEL, providers=["CPUExecutionProvider"])
+        providers = self._providers("warm-up", device) if device.startswith("cuda") else ["CPUExecutionProvider"]
+        session = ort.InferenceSession(_WARM_UP_MODEL, providers=providers)  # CUDA: its handles and arena too
         session.run(None, {"x": np.ones(1, np.float32)})
+
+    @staticmethod
+    def _providers(model_id: str, device: str) -> list[Any]:
+        import onnxruntime as ort
+
+        if not device.startswith("cuda"):
+            return ["CPUExecutionProvider"]
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ModelLoadFailed(
+                f"model {model_id!r}: device {device} needs onnxruntime-gpu (pip install '.[gpu]'); "
+                f"this onnxruntime offers {', '.join(ort.get_available_providers())}"
+            )
+        index = int(device.partition(":")[2] or 0)
+        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
 
     def load(self, model_id: str, path: Path, key: dict[str, Any], device: str) -> LoadedModel:
         import onnxruntime as ort
@@ -83,17 +98,8 @@ class OnnxBackend:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self._threads
         opts.inter_op_num_threads = 1
-        providers: list[Any] = ["CPUExecutionProvider"]
-        if device.startswith("cuda"):
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise ModelLoadFailed(
-                    f"model {model_id!r}: device {device} needs onnxruntime-gpu (pip install '.[gpu]'); "
-                    f"this onnxruntime offers {', '.join(ort.get_available_providers())}"
-                )
-            index = int(device.partition(":")[2] or 0)
-            providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
         try:
-            session = ort.InferenceSession(str(file), opts, providers=providers)
+            session = ort.InferenceSession(str(file), opts, providers=self._providers(model_id, device))
         except Exception as e:  # noqa: BLE001 - ORT raises its own unrelated exception types
             raise ModelLoadFailed(f"model {model_id!r}: {file} is not a loadable ONNX model: {e}") from None
         if device.startswith("cuda") and session.get_providers()[0] != "CUDAExecutionProvider":
