@@ -19,7 +19,8 @@ async def test_watch_across_etcd_restart_delivers_every_event_once(tmp_path, key
     server.start()
     try:
         watcher = EtcdStore(server.endpoint, timeout_s=2.0)
-        writer = EtcdStore(server.endpoint, timeout_s=2.0)
+        # Generous connect bound: a loaded CI machine may take seconds to restart etcd.
+        writer = EtcdStore(server.endpoint, timeout_s=2.0, connect_timeout_s=30.0)
         await watcher.start()
         await writer.start()
         start = await writer.revision() + 1
