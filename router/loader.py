@@ -55,14 +55,28 @@ class Loader:
         self.on_load: Callable[[str], None] = lambda outcome: None
 
     def view(self) -> ClusterView:
+        """The cluster as placement sees it.
+
+        Instance records are rewritten at most once a second, so a burst of loads
+        would all see the same stale usage; copy keys change at once (a LOADING
+        claim carries the predicted size), so usage and model count take the
+        larger of the two.
+        """
         insts = self._table.mirror.instances
-        return ClusterView(
-            tuple(
-                InstanceView.of(r, draining=r.instance_id in self._table.draining or self._table.is_suspect(r.instance_id))
-                for r in insts.values()
-            ),
-            self._clock.now_ms(),
-        )
+        used: dict[str, int] = {}
+        count: dict[str, int] = {}
+        for copies in self._table.mirror.copies.values():
+            for instance_id, c in copies.items():
+                used[instance_id] = used.get(instance_id, 0) + c.size_bytes
+                count[instance_id] = count.get(instance_id, 0) + 1
+        views = []
+        for r in insts.values():
+            v = InstanceView.of(r, draining=r.instance_id in self._table.draining or self._table.is_suspect(r.instance_id))
+            if used.get(r.instance_id, 0) > v.used_bytes or count.get(r.instance_id, 0) > v.model_count:
+                v = dataclasses.replace(v, used_bytes=max(v.used_bytes, used.get(r.instance_id, 0)),
+                                        model_count=max(v.model_count, count.get(r.instance_id, 0)))
+            views.append(v)
+        return ClusterView(tuple(views), self._clock.now_ms())
 
     def model_view(self, model: rec.ModelRecord, *, extra_exclude: set[str] = frozenset()) -> ModelView:  # type: ignore[assignment]
         now = self._clock.now_ms()

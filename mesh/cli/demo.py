@@ -70,6 +70,7 @@ async def run_demo(local: LocalMesh) -> int:
             ok += good
             print(f"   {model_id:<14} {np.array2string(out[0][:3], precision=4):<34} {'ok' if good else 'WRONG':<6} {ms:7.1f}")
 
+        await asyncio.sleep(1.2)  # runtimes refresh their instance records once a second
         print("\n4. where the models live (MeshAdmin GetClusterStatus)")
         cluster = await admin.GetClusterStatus(adm.GetClusterStatusRequest())
         for inst in cluster.instances:
