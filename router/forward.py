@@ -21,7 +21,7 @@ from router.loader import Loader
 from router.metrics import RouterMetrics
 from router.runtimes import RuntimeClients
 from router.table import RoutingTable
-from router.wire import read_field1
+from router.wire import read_field1, replace_field1
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,10 @@ class Forwarder:
 
     async def forward(self, method: str, body: bytes, metadata: Metadata, timeout_s: float) -> bytes:
         model_id = self.resolve(metadata, body)
+        if read_field1(body) != model_id:
+            # The body names a vmodel (or another id than the header): inject the
+            # concrete id, as ModelMesh does for runtimes declaring idInjectionPath [1].
+            body = replace_field1(body, model_id)
         now = self._clock.monotonic()
         deadline = now + timeout_s
         self.request_counts[model_id] = self.request_counts.get(model_id, 0) + 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
 from collections.abc import Callable
 
 import grpc
@@ -26,7 +27,7 @@ from mesh.errors import (
     Unavailable,
 )
 from mesh.grpc_errors import from_rpc_error
-from mesh.policy.placement import REQUIRE_PREFIX, PlacementPolicy, rank
+from mesh.policy.placement import REQUIRE_PREFIX, PlacementPolicy, near_equals, rank
 from mesh.policy.view import ClusterView, InstanceView, ModelView
 from mesh.registry import records as rec
 from mesh.registry.registry import Registry
@@ -135,7 +136,9 @@ class Loader:
                     f"model {model_id!r} failed to load {len(failures)} times recently ({reasons}); "
                     f"it is LOADING_FAILED until failures expire ({self._s.failure_ttl_s:.0f}s) or it is re-registered"
                 )
-            ranked = [i for i in self._placement(self.view(), self.model_view(model, extra_exclude=tried))]
+            seen_at = self._table.mirror.revision  # the copies this decision is based on
+            view, mview = self.view(), self.model_view(model, extra_exclude=tried)
+            ranked = self._placement(view, mview)
             if not ranked:
                 if last_error is not None:
                     raise last_error
@@ -145,9 +148,9 @@ class Loader:
                     f"{n} runtime instance(s) registered, none eligible (shutting down, wrong type or labels, "
                     "too small, or already holding it)"
                 )
-            instance_id = ranked[0]
+            instance_id = random.choice(near_equals(view, mview, ranked))
             try:
-                return await self._load_on(model, instance_id, remaining)
+                return await self._load_on(model, instance_id, remaining, seen_at)
             except (ResourceExhausted, Unavailable) as e:
                 # Did not fit there, or the runtime is gone: another instance may do.
                 log.info("load of %s on %s: %s; trying elsewhere", model_id, instance_id, e)
@@ -165,14 +168,14 @@ class Loader:
                 last_error = e
                 await self._record_failure(model_id, instance_id, str(e))
 
-    async def _load_on(self, model: rec.ModelRecord, instance_id: str, remaining: float) -> str:
+    async def _load_on(self, model: rec.ModelRecord, instance_id: str, remaining: float, seen_at: int) -> str:
         inst = self._table.mirror.instances.get(instance_id)
         if inst is None:
             raise Unavailable(f"runtime {instance_id} left")
         now = self._clock.now_ms()
         claim = rec.CopyRecord(model.model_id, instance_id, rec.LOADING, since_ms=now, size_bytes=model.size_bytes)
         try:
-            claimed = await self._registry.claim_copy(claim, lease=inst.lease_id)
+            claimed = await self._registry.claim_copy(claim, lease=inst.lease_id, copies_seen_at=seen_at)
         except RegistryUnavailable:
             raise
         except MeshError as e:  # the instance's lease expired under us

@@ -111,7 +111,12 @@ def start_runtime(
     ready_timeout_s: float = 60.0,
     log_dir: str | Path | None = None,
 ) -> RuntimeProc:
-    """Starts ``meshserve runtime`` on a free loopback port; returns once it is ready."""
+    """Starts ``meshserve runtime`` on a free loopback port; returns once it is ready.
+
+    Call it from a long-lived thread (the test's own): on Linux the runtime is
+    killed when its spawning thread exits (PR_SET_PDEATHSIG), so a thread pool
+    that finishes would take its runtimes with it.
+    """
     log_folder = Path(log_dir) if log_dir else Path(tempfile.gettempdir()) / "meshserve-test-logs"
     log_folder.mkdir(parents=True, exist_ok=True)
     log_path = log_folder / f"runtime-{os.getpid()}-{next(_counter)}.log"

@@ -122,3 +122,14 @@ async def test_watch_sees_live_changes(store, keys: KeySchema) -> None:
         await store.put(keys.model(f"live{i}"), b"v")
     events = await task
     assert [e.key for e in events] == [keys.model(f"live{i}") for i in range(5)]
+
+
+async def test_put_if_prefix_unchanged(store, keys: KeySchema) -> None:
+    seen = await store.put(keys.copy("m", "a"), b"x")
+    # Nothing under the prefix changed since `seen`: the claim goes through.
+    assert await store.put_if(keys.copy("m", "b"), b"y", mod_revision=0, prefix_unchanged=(keys.copies_of("m"), seen))
+    # Now something did (the claim above): a claim decided at `seen` loses.
+    assert await store.put_if(keys.copy("m", "c"), b"z", mod_revision=0,
+                              prefix_unchanged=(keys.copies_of("m"), seen)) is None
+    # An empty range never blocks.
+    assert await store.put_if(keys.copy("n", "a"), b"z", mod_revision=0, prefix_unchanged=(keys.copies_of("n"), 1))

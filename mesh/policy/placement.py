@@ -54,3 +54,24 @@ def rank(view: ClusterView, model: ModelView) -> list[str]:
         )
 
     return [i.instance_id for i in sorted(candidates, key=key)]
+
+
+def near_equals(view: ClusterView, model: ModelView, ranked: list[str], k: int = 3) -> list[str]:
+    """The head of a ranking whose members are as good as the best for practical purposes.
+
+    Same fit class (room vs must-evict) and at most one model more than the best.
+    Picking among them at random (as ModelMesh does) keeps concurrent routers with
+    slightly stale views from all piling onto the same instance in a burst.
+    """
+    if not ranked:
+        return []
+    by_id = {i.instance_id: i for i in view.instances}
+    best = by_id[ranked[0]]
+    best_fits = best.free_bytes >= model.size_bytes
+    out = [ranked[0]]
+    for inst_id in ranked[1:k]:
+        i = by_id[inst_id]
+        if (i.free_bytes >= model.size_bytes) == best_fits and i.model_count <= best.model_count + 1 \
+                and (inst_id in model.failed_on) == (ranked[0] in model.failed_on):
+            out.append(inst_id)
+    return out

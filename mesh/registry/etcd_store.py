@@ -104,9 +104,17 @@ class EtcdStore:
     async def _txn(self, what: str, req: Any) -> Any:
         return await self._call(what, lambda: self._client.kvstub.Txn(req, timeout=self._timeout))
 
-    async def put_if(self, key: bytes, value: bytes, *, mod_revision: int, lease: int = 0) -> int | None:
+    async def put_if(self, key: bytes, value: bytes, *, mod_revision: int, lease: int = 0,
+                     prefix_unchanged: tuple[bytes, int] | None = None) -> int | None:
+        compare = [_mod_compare(key, mod_revision)]
+        if prefix_unchanged is not None:
+            prefix, rev = prefix_unchanged
+            # A range compare holds for every key in the range (an empty range
+            # compares as one zero-valued key, so it holds too).
+            compare.append(rpc.Compare(key=prefix, range_end=prefix_range_end(prefix), result=rpc.Compare.LESS,
+                                       target=rpc.Compare.MOD, mod_revision=rev + 1))
         req = rpc.TxnRequest(
-            compare=[_mod_compare(key, mod_revision)],
+            compare=compare,
             success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))],
         )
         resp = await self._txn("compare-and-set", req)

@@ -113,10 +113,15 @@ class MemoryStore:
         self.expire_leases()
         return self._write(key, value, lease)
 
-    async def put_if(self, key: bytes, value: bytes, *, mod_revision: int, lease: int = 0) -> int | None:
+    async def put_if(self, key: bytes, value: bytes, *, mod_revision: int, lease: int = 0,
+                     prefix_unchanged: tuple[bytes, int] | None = None) -> int | None:
         self.expire_leases()
         if self._mod(key) != mod_revision:
             return None
+        if prefix_unchanged is not None:
+            prefix, rev = prefix_unchanged
+            if any(kv.mod_revision > rev for k, kv in self._data.items() if k.startswith(prefix)):
+                return None
         return self._write(key, value, lease)
 
     async def delete(self, key: bytes) -> bool:

@@ -148,10 +148,18 @@ class Registry:
     async def put_copy(self, copy: rec.CopyRecord, *, lease: int) -> int:
         return await self.store.put(self.keys.copy(copy.model_id, copy.instance_id), rec.encode(copy), lease=lease)
 
-    async def claim_copy(self, copy: rec.CopyRecord, *, lease: int) -> int | None:
-        """Creates the copy key only if absent: one loader per (model, instance)."""
+    async def claim_copy(self, copy: rec.CopyRecord, *, lease: int, copies_seen_at: int | None = None) -> int | None:
+        """Creates the copy key only if absent: one loader per (model, instance).
+
+        With ``copies_seen_at``, also only if no copy key of the model changed
+        after that revision: the caller decided on a view of the model's copies
+        as of then, so a claim by another router since makes this one fail
+        (one load per model across routers, not just per instance).
+        """
+        prefix = (self.keys.copies_of(copy.model_id), copies_seen_at) if copies_seen_at is not None else None
         return await self.store.put_if(
-            self.keys.copy(copy.model_id, copy.instance_id), rec.encode(copy), mod_revision=0, lease=lease
+            self.keys.copy(copy.model_id, copy.instance_id), rec.encode(copy), mod_revision=0, lease=lease,
+            prefix_unchanged=prefix,
         )
 
     async def delete_copy(self, model_id: str, instance_id: str) -> bool:

@@ -75,8 +75,11 @@ class KVStore(Protocol):
         """Writes unconditionally; returns the new revision."""
         ...
 
-    async def put_if(self, key: bytes, value: bytes, *, mod_revision: int, lease: int = 0) -> int | None:
-        """Writes only if the key's mod revision is ``mod_revision`` (0: absent).
+    async def put_if(self, key: bytes, value: bytes, *, mod_revision: int, lease: int = 0,
+                     prefix_unchanged: tuple[bytes, int] | None = None) -> int | None:
+        """Writes only if the key's mod revision is ``mod_revision`` (0: absent),
+        and, with ``prefix_unchanged=(prefix, rev)``, only if no key under
+        ``prefix`` was written after revision ``rev``.
 
         Returns the new revision, or None when another writer won.
         """
