@@ -25,7 +25,7 @@ SERVICE = "inference.GRPCInferenceService"
 VERSION = "0.1.0"
 
 
-def _parse(cls: type, data: bytes):  # type: ignore[no-untyped-def]
+def _parse(cls: Any, data: bytes) -> Any:
     try:
         return cls.FromString(data)
     except Exception:  # protobuf raises DecodeError and friends

@@ -99,7 +99,12 @@ class Loader:
         if task is None:
             task = asyncio.get_running_loop().create_task(self._load_one(model_id, deadline, add_copy=False))
             self._inflight[model_id] = task
-            task.add_done_callback(lambda t, m=model_id: self._inflight.pop(m, None) if self._inflight.get(m) is t else None)
+
+            def forget(t: asyncio.Task[str], m: str = model_id) -> None:
+                if self._inflight.get(m) is t:
+                    del self._inflight[m]
+
+            task.add_done_callback(forget)
         remaining = deadline - self._clock.monotonic()
         try:
             return await asyncio.wait_for(asyncio.shield(task), max(0.001, remaining))

@@ -45,7 +45,7 @@ class RuntimeClients:
         return stub
 
     async def load_model(self, endpoint: str, model_id: str, type_: str, path: str, key: str,
-                         timeout_s: float) -> spi.LoadModelResponse:
+                         timeout_s: float) -> Any:
         req = spi.LoadModelRequest(modelId=model_id, modelType=type_, modelPath=path, modelKey=key)
         return await self.spi(endpoint).loadModel(req, timeout=timeout_s)
 

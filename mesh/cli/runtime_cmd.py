@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from typing import Any
 
 from mesh.cli.common import add_registry_arguments, build_settings, run_until_signal, setup_logging
 from mesh.fetcher import Fetcher
@@ -40,7 +41,7 @@ def make_fetcher(settings: RuntimeSettings) -> Fetcher:
     from puller.fetcher import PullerFetcher
     from puller.settings import PullerSettings
 
-    overrides: dict[str, str] = {}
+    overrides: dict[str, Any] = {}
     if settings.cache_dir:
         overrides["cache_dir"] = settings.cache_dir
     if settings.storage_config:

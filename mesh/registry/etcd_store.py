@@ -219,8 +219,10 @@ class EtcdStore:
                             rev = int(ev.kv.mod_revision)
                             if rev < next_rev:
                                 continue  # already delivered before a reconnect
-                            kind = "delete" if ev.type == rpc.Event.DELETE else "put"
-                            yield WatchEvent(kind, ev.kv.key, ev.kv.value if kind == "put" else b"", rev)
+                            if ev.type == rpc.Event.DELETE:
+                                yield WatchEvent("delete", ev.kv.key, b"", rev)
+                            else:
+                                yield WatchEvent("put", ev.kv.key, ev.kv.value, rev)
                         if resp.events:
                             next_rev = int(resp.events[-1].kv.mod_revision) + 1
                         elif resp.header.revision >= next_rev and not resp.created:

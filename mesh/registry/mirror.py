@@ -154,7 +154,8 @@ class RegistryMirror:
             self.policy = record
             self.policy_revision = revision if record is not None else 0
             return
-        table: dict[str, Any] = {"model": self.models, "vmodel": self.vmodels, "instance": self.instances}[parsed.kind]
+        tables: dict[str, dict[str, Any]] = {"model": self.models, "vmodel": self.vmodels, "instance": self.instances}
+        table = tables[parsed.kind]
         if record is None:
             table.pop(parsed.name, None)
         else:
