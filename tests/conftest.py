@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
+from mesh import modelgen
 from mesh.etcd_server import LocalEtcd
 from mesh.registry.etcd_store import EtcdStore
 from mesh.registry.keys import KeySchema
@@ -57,3 +59,13 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[object]:
         await etcd.start()
         yield etcd
         await etcd.close()
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[modelgen.MlpSpec, Path]]:
+    root = tmp_path_factory.mktemp("e2e-models")
+    out = []
+    for i in range(200):
+        spec = modelgen.spec_for_bytes(70_000, seed=i)
+        out.append((spec, modelgen.write_onnx_mlp(spec, root / f"m{i:03d}.onnx")))
+    return out

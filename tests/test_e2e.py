@@ -30,16 +30,6 @@ SPEC = modelgen.spec_for_bytes(70_000, seed=0)
 TEN_TINY = 1_800_000
 
 
-@pytest.fixture(scope="module")
-def model_files(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[modelgen.MlpSpec, Path]]:
-    root = tmp_path_factory.mktemp("e2e-models")
-    out = []
-    for i in range(200):
-        spec = modelgen.spec_for_bytes(70_000, seed=i)
-        out.append((spec, modelgen.write_onnx_mlp(spec, root / f"m{i:03d}.onnx")))
-    return out
-
-
 def start_runtimes(etcd: str, mesh: str, n: int, capacity: int) -> list[RuntimeProc]:
     # From this thread: runtimes die with the thread that spawned them (PR_SET_PDEATHSIG).
     env = {"MESHSERVE_MODEL_TYPES": "onnx", "MESHSERVE_LEASE_TTL_S": "3"}
@@ -62,7 +52,8 @@ def runtimes(etcd_server, mesh_name, capacity: int) -> Iterator[list[RuntimeProc
             p.kill()
 
 
-async def start_router(etcd_server, mesh_name, expect: int) -> RouterServer:
+async def start_router(etcd_server, mesh_name: str, expect: int) -> RouterServer:
+    """An in-process router on a free port, once its mirror sees ``expect`` runtimes."""
     router = RouterServer(RouterSettings(etcd=etcd_server.endpoint, mesh=mesh_name, listen="127.0.0.1:0",
                                          scale_interval_s=3600))
     await router.start()
