@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 import grpc
 
 from mesh.clock import Clock
-from mesh.errors import InvalidArgument, NotFound
+from mesh.errors import InvalidArgument, ModelNotFound, NotFound
 from mesh.grpc_errors import translate_errors
 from mesh.proto.meshserve.v1 import admin_pb2 as adm
 from mesh.proto.meshserve.v1 import admin_pb2_grpc as adm_grpc
 from mesh.registry import records as rec
+from mesh.registry.ids import validate_id
 from mesh.registry.registry import Registry
 from router.status import status_name
 from router.table import RoutingTable
@@ -93,6 +95,25 @@ class Admin(adm_grpc.MeshAdminServicer):
             expected_revision=request.expected_revision or None,
         )
         return adm.Policy(document=json.dumps(doc, sort_keys=True), revision=revision)
+
+    @translate_errors
+    async def SetModelConfig(self, request: adm.SetModelConfigRequest, context: grpc.aio.ServicerContext) -> adm.ModelSummary:  # noqa: N802
+        model_id = validate_id(request.model_id)
+        if request.max_copies and request.min_copies > request.max_copies:
+            raise InvalidArgument(
+                f"min_copies ({request.min_copies}) is more than max_copies ({request.max_copies})")
+        labels = dict(request.labels)
+
+        def apply(r: rec.ModelRecord | None) -> rec.ModelRecord | None:
+            if r is None:
+                raise ModelNotFound(f"model {model_id!r} is not registered")
+            return dataclasses.replace(r, min_copies=request.min_copies, max_copies=request.max_copies,
+                                       labels=r.labels if request.keep_labels else labels)
+
+        v = await self._registry.update_model(model_id, apply)
+        assert v is not None
+        await self._table.mirror.wait_for(v.mod_revision)
+        return self._summary(v.record)
 
     @translate_errors
     async def DrainInstance(self, request: adm.DrainInstanceRequest, context: grpc.aio.ServicerContext) -> adm.DrainInstanceResponse:  # noqa: N802

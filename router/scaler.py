@@ -65,7 +65,8 @@ class Scaler:
             loaded = self._table.loaded_on(model_id)
             want = max(1, model.min_copies)
             if model.min_copies and len(loaded) < model.min_copies:
-                await self._try_add(model_id)
+                for _ in range(model.min_copies - len(loaded)):
+                    await self._try_add(model_id)
             elif len(loaded) > want and now - self._fwd.last_used.get(model_id, 0.0) > self._s.idle_copy_s:
                 await self._release_one(model_id, loaded)
         for model_id in [m for m in mirror.copies if m not in mirror.models]:

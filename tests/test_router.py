@@ -282,3 +282,59 @@ async def test_admin_lists_pages_cluster_and_policy(client: Client, runtimes) ->
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     p = await client.admin.SetPolicy(adm.SetPolicyRequest(document='{"eviction": "lru"}'))
     assert (await client.admin.GetPolicy(adm.GetPolicyRequest())).revision == p.revision
+
+
+async def test_copies_scale_up_under_load_and_idle_extras_go_back(etcd_server, mesh_name, runtimes) -> None:
+    server = RouterServer(router_settings(etcd_server, mesh_name, scale_up_rpm=60, idle_copy_s=0.5))
+    await server.start()
+    client = Client(server.endpoint)
+    try:
+        await client.register("busy")
+        for _ in range(30):
+            await client.infer("busy")
+        await server.scaler.tick()  # 30 requests in well under a minute: > 60/min on one copy
+        st = await client.mesh.getModelStatus(mm.GetStatusRequest(modelId="busy"))
+        assert sorted(c.location for c in st.modelCopyInfos) == ["rt-0", "rt-1"]
+        await asyncio.sleep(0.6)
+        await server.scaler.tick()  # idle now: the extra copy goes back, one stays
+        st = await client.mesh.getModelStatus(mm.GetStatusRequest(modelId="busy"))
+        assert len(st.modelCopyInfos) == 1 and st.status == MS.LOADED
+    finally:
+        await client.channel.close()
+        await server.stop(0)
+
+
+async def test_min_and_max_copies_are_honoured(etcd_server, mesh_name, runtimes) -> None:
+    server = RouterServer(router_settings(etcd_server, mesh_name, scale_up_rpm=1, idle_copy_s=0))
+    await server.start()
+    client = Client(server.endpoint)
+    try:
+        await client.register("pinned")
+        await client.admin.SetModelConfig(adm.SetModelConfigRequest(model_id="pinned", min_copies=2))
+        await server.scaler.tick()
+        st = await client.mesh.getModelStatus(mm.GetStatusRequest(modelId="pinned"))
+        assert len([c for c in st.modelCopyInfos if c.copyStatus == MS.LOADED]) == 2
+        await client.register("capped")
+        await client.admin.SetModelConfig(adm.SetModelConfigRequest(model_id="capped", max_copies=1))
+        for _ in range(20):
+            await client.infer("capped")
+        await server.scaler.tick()
+        st = await client.mesh.getModelStatus(mm.GetStatusRequest(modelId="capped"))
+        assert len(st.modelCopyInfos) == 1
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.admin.SetModelConfig(adm.SetModelConfigRequest(model_id="capped", min_copies=3, max_copies=1))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.admin.SetModelConfig(adm.SetModelConfigRequest(model_id="ghost", min_copies=1))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await client.channel.close()
+        await server.stop(0)
+
+
+async def test_model_labels_constrain_placement(etcd_server, mesh_name, runtimes, client: Client) -> None:
+    await client.register("gpu-only")
+    await client.admin.SetModelConfig(adm.SetModelConfigRequest(model_id="gpu-only", labels={"require.device": "gpu"}))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.infer("gpu-only")
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "labels" in err.value.details()

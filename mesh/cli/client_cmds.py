@@ -50,6 +50,10 @@ def add_arguments_for(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--key", default="", help="storage key JSON (storage_key, storage_params, sha256...)")
         p.add_argument("--load-now", action="store_true", help="start loading at once")
         p.add_argument("--sync", action="store_true", help="with --load-now: wait until loaded")
+        p.add_argument("--min-copies", type=int, default=0, help="copies kept loaded even when idle")
+        p.add_argument("--max-copies", type=int, default=0, help="most copies scaling may add (0: no limit)")
+        p.add_argument("--label", action="append", default=[], metavar="K=V",
+                       help="model label (repeatable); require.K=V places it only on runtimes labelled K=V")
     if name in ("status", "infer"):
         p.add_argument("--vmodel", action="store_true", help="the id names a vmodel")
     if name == "models":
@@ -107,9 +111,29 @@ def _register(args: argparse.Namespace, channel: grpc.Channel, timeout: float) -
     from mesh.proto.mmesh import model_mesh_pb2 as mm
     from mesh.proto.mmesh import model_mesh_pb2_grpc as mm_grpc
 
-    req = mm.RegisterModelRequest(modelId=args.id, modelInfo=mm.ModelInfo(type=args.type, path=args.path, key=args.key),
-                                  loadNow=args.load_now or args.sync, sync=args.sync)
-    info = mm_grpc.ModelMeshStub(channel).registerModel(req, timeout=timeout)
+    labels = {}
+    for item in args.label:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise InvalidArgument(f"--label {item!r}: expected KEY=VALUE")
+        labels[k] = v
+    if args.min_copies < 0 or args.max_copies < 0:
+        raise InvalidArgument("--min-copies and --max-copies must not be negative")
+    configured = bool(labels or args.min_copies or args.max_copies)
+    load = args.load_now or args.sync
+    stub = mm_grpc.ModelMeshStub(channel)
+    info = stub.registerModel(mm.RegisterModelRequest(
+        modelId=args.id, modelInfo=mm.ModelInfo(type=args.type, path=args.path, key=args.key),
+        loadNow=load and not configured, sync=args.sync and not configured), timeout=timeout)
+    if configured:
+        from mesh.proto.meshserve.v1 import admin_pb2 as adm
+        from mesh.proto.meshserve.v1 import admin_pb2_grpc as adm_grpc
+
+        # Copy limits and labels first, so the first load already honours them.
+        adm_grpc.MeshAdminStub(channel).SetModelConfig(adm.SetModelConfigRequest(
+            model_id=args.id, min_copies=args.min_copies, max_copies=args.max_copies, labels=labels), timeout=timeout)
+        if load:
+            info = stub.ensureLoaded(mm.EnsureLoadedRequest(modelId=args.id, sync=args.sync), timeout=timeout)
     data, rows = _status_rows(info)
     _emit(args, {"model_id": args.id, **data}, [f"registered {args.id}", *rows])
     return 0

@@ -163,3 +163,24 @@ class DrainInstanceResponse(_message.Message):
     instance_id: str
     model_ids: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, instance_id: _Optional[str] = ..., model_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SetModelConfigRequest(_message.Message):
+    __slots__ = ("model_id", "min_copies", "max_copies", "labels", "keep_labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    MIN_COPIES_FIELD_NUMBER: _ClassVar[int]
+    MAX_COPIES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_LABELS_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    min_copies: int
+    max_copies: int
+    labels: _containers.ScalarMap[str, str]
+    keep_labels: bool
+    def __init__(self, model_id: _Optional[str] = ..., min_copies: _Optional[int] = ..., max_copies: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., keep_labels: _Optional[bool] = ...) -> None: ...

@@ -59,6 +59,11 @@ class MeshAdminStub:
                 request_serializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.DrainInstanceRequest.SerializeToString,
                 response_deserializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.DrainInstanceResponse.FromString,
                 _registered_method=True)
+        self.SetModelConfig = channel.unary_unary(
+                '/meshserve.v1.MeshAdmin/SetModelConfig',
+                request_serializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.SetModelConfigRequest.SerializeToString,
+                response_deserializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.ModelSummary.FromString,
+                _registered_method=True)
 
 
 class MeshAdminServicer:
@@ -100,6 +105,13 @@ class MeshAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetModelConfig(self, request, context):
+        """Per-model settings ModelMesh lacks: copy limits and placement labels.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +139,11 @@ def add_MeshAdminServicer_to_server(servicer, server):
                     servicer.DrainInstance,
                     request_deserializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.DrainInstanceRequest.FromString,
                     response_serializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.DrainInstanceResponse.SerializeToString,
+            ),
+            'SetModelConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetModelConfig,
+                    request_deserializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.SetModelConfigRequest.FromString,
+                    response_serializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.ModelSummary.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +281,33 @@ class MeshAdmin:
             '/meshserve.v1.MeshAdmin/DrainInstance',
             mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.DrainInstanceRequest.SerializeToString,
             mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.DrainInstanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetModelConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshserve.v1.MeshAdmin/SetModelConfig',
+            mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.SetModelConfigRequest.SerializeToString,
+            mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.ModelSummary.FromString,
             options,
             channel_credentials,
             insecure,
