@@ -59,9 +59,11 @@ class Admin(adm_grpc.MeshAdminServicer):
     async def GetClusterStatus(self, request: adm.GetClusterStatusRequest, context: grpc.aio.ServicerContext) -> adm.ClusterStatus:  # noqa: N802
         mirror = self._table.mirror
         per_instance: dict[str, list[str]] = {}
+        copy_bytes: dict[str, int] = {}
         loaded = 0
         for model_id, copies in mirror.copies.items():
             for inst, c in copies.items():
+                copy_bytes[inst] = copy_bytes.get(inst, 0) + c.size_bytes
                 if c.state == rec.LOADED:
                     loaded += 1
                     per_instance.setdefault(inst, []).append(model_id)
@@ -69,13 +71,16 @@ class Admin(adm_grpc.MeshAdminServicer):
         for r in sorted(mirror.instances.values(), key=lambda r: r.instance_id):
             out.instances.append(adm.InstanceStatus(
                 instance_id=r.instance_id, endpoint=r.endpoint, capacity_bytes=r.capacity_bytes,
-                used_bytes=r.used_bytes, model_count=r.model_count, loads_in_progress=r.loads_in_progress,
+                # Records refresh once a second; copy keys at once: show the fresher.
+                used_bytes=max(r.used_bytes, copy_bytes.get(r.instance_id, 0)),
+                model_count=max(r.model_count, len(per_instance.get(r.instance_id, []))),
+                loads_in_progress=r.loads_in_progress,
                 shutting_down=r.shutting_down or r.instance_id in self._table.draining, zone=r.zone,
                 labels=r.labels, oldest_lru_ms=r.oldest_lru_ms, model_ids=sorted(per_instance.get(r.instance_id, [])),
                 metrics_endpoint=r.metrics_endpoint, version=r.version, start_ms=r.start_ms,
             ))
             out.capacity_bytes += r.capacity_bytes
-            out.used_bytes += r.used_bytes
+            out.used_bytes += out.instances[-1].used_bytes
         return out
 
     @translate_errors

@@ -136,6 +136,9 @@ def _register(args: argparse.Namespace, channel: grpc.Channel, timeout: float) -
             info = stub.ensureLoaded(mm.EnsureLoadedRequest(modelId=args.id, sync=args.sync), timeout=timeout)
     data, rows = _status_rows(info)
     _emit(args, {"model_id": args.id, **data}, [f"registered {args.id}", *rows])
+    if args.sync and info.status != mm.ModelStatusInfo.LOADED:
+        print(f"meshserve register: {args.id} is registered but did not load (see the errors above)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -95,7 +95,9 @@ async def run_demo(local: LocalMesh) -> int:
               f"output {np.array2string(out[:3], precision=4)}")
 
         print(f"\n{ok}/{len(specs)} answers matched the NumPy reference; {evicted} model(s) evicted at step 5.")
-        print(f"Try it yourself: meshserve up   then   meshserve models --router {local.endpoint}")
+        print("Try it yourself: `meshserve up` (router on 127.0.0.1:8033), then in another terminal "
+              "`meshserve register NAME --type onnx --path FILE`, `meshserve infer NAME --input '[[...]]'`, "
+              "`meshserve models`, `meshserve cluster`.")
         return 0 if ok == len(specs) else 1
     finally:
         await channel.close()
