@@ -75,7 +75,7 @@ class Admin(adm_grpc.MeshAdminServicer):
                 used_bytes=max(r.used_bytes, copy_bytes.get(r.instance_id, 0)),
                 model_count=max(r.model_count, len(per_instance.get(r.instance_id, []))),
                 loads_in_progress=r.loads_in_progress,
-                shutting_down=r.shutting_down or r.instance_id in self._table.draining, zone=r.zone,
+                shutting_down=r.shutting_down or self._table.drained(r.instance_id), zone=r.zone,
                 labels=r.labels, oldest_lru_ms=r.oldest_lru_ms, model_ids=sorted(per_instance.get(r.instance_id, [])),
                 metrics_endpoint=r.metrics_endpoint, version=r.version, start_ms=r.start_ms,
             ))
@@ -123,8 +123,10 @@ class Admin(adm_grpc.MeshAdminServicer):
     @translate_errors
     async def DrainInstance(self, request: adm.DrainInstanceRequest, context: grpc.aio.ServicerContext) -> adm.DrainInstanceResponse:  # noqa: N802
         inst = request.instance_id
-        if inst not in self._table.mirror.instances:
+        record = self._table.mirror.instances.get(inst)
+        if record is None:
             raise NotFound(f"no runtime instance {inst!r} is registered (see GetClusterStatus)")
-        self._table.draining.add(inst)
+        revision = await self._registry.drain_instance(inst, lease=record.lease_id)
+        await self._table.mirror.wait_for(revision)
         models = sorted(m for m, copies in self._table.mirror.copies.items() if inst in copies)
         return adm.DrainInstanceResponse(instance_id=inst, model_ids=models)

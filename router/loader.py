@@ -72,7 +72,7 @@ class Loader:
                 count[instance_id] = count.get(instance_id, 0) + 1
         views = []
         for r in insts.values():
-            v = InstanceView.of(r, draining=r.instance_id in self._table.draining or self._table.is_suspect(r.instance_id))
+            v = InstanceView.of(r, draining=self._table.drained(r.instance_id) or self._table.is_suspect(r.instance_id))
             if used.get(r.instance_id, 0) > v.used_bytes or count.get(r.instance_id, 0) > v.model_count:
                 v = dataclasses.replace(v, used_bytes=max(v.used_bytes, used.get(r.instance_id, 0)),
                                         model_count=max(v.model_count, count.get(r.instance_id, 0)))

@@ -28,8 +28,6 @@ class RoutingTable:
         self._suspects: dict[object, float] = {}
         self._outstanding: dict[tuple[str, str], int] = defaultdict(int)
         self._copy_events: dict[str, asyncio.Event] = {}
-        #: Instances an operator drained through MeshAdmin (no new loads).
-        self.draining: set[str] = set()
         mirror.subscribe(self._on_change)
 
     def _on_change(self, key: ParsedKey, record: Any) -> None:
@@ -50,6 +48,10 @@ class RoutingTable:
             await asyncio.wait_for(ev.wait(), max(0.0, timeout_s))
         except asyncio.TimeoutError:
             pass
+
+    def drained(self, instance_id: str) -> bool:
+        """Drained through MeshAdmin (any router): no new loads there."""
+        return instance_id in self.mirror.drains
 
     # -- names ----------------------------------------------------------------
 

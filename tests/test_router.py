@@ -338,3 +338,26 @@ async def test_model_labels_constrain_placement(etcd_server, mesh_name, runtimes
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.infer("gpu-only")
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "labels" in err.value.details()
+
+
+async def test_drain_stops_new_loads_there_in_every_router(etcd_server, mesh_name, runtimes, router, client) -> None:
+    other = RouterServer(router_settings(etcd_server, mesh_name))
+    await other.start()
+    other_client = Client(other.endpoint)
+    try:
+        resp = await client.admin.DrainInstance(adm.DrainInstanceRequest(instance_id="rt-0"))
+        assert resp.instance_id == "rt-0"
+        for i in range(6):
+            await client.register(f"d{i}")
+        # Loads through either router land only on the instance that is not drained.
+        for i in range(6):
+            c = client if i % 2 else other_client
+            assert (await c.infer(f"d{i}")).id == "rt-1"
+        cluster = await other_client.admin.GetClusterStatus(adm.GetClusterStatusRequest())
+        assert {i.instance_id: i.shutting_down for i in cluster.instances} == {"rt-0": True, "rt-1": False}
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.admin.DrainInstance(adm.DrainInstanceRequest(instance_id="nope"))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await other_client.channel.close()
+        await other.stop(0)

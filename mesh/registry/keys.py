@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["model", "vmodel", "instance", "copy", "policy", "leader"]
+Kind = Literal["model", "vmodel", "instance", "copy", "policy", "leader", "drain"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +27,7 @@ class KeySchema:
         self.vmodels = self.root + b"vmodels/"
         self.instances = self.root + b"instances/"
         self.copies = self.root + b"copies/"
+        self.drains = self.root + b"drains/"
         self.policy = self.root + b"config/policy"
         self.leader = self.root + b"leader"
 
@@ -41,6 +42,9 @@ class KeySchema:
 
     def copy(self, model_id: str, instance_id: str) -> bytes:
         return self.copies + f"{model_id}/{instance_id}".encode()
+
+    def drain(self, instance_id: str) -> bytes:
+        return self.drains + instance_id.encode()
 
     def copies_of(self, model_id: str) -> bytes:
         return self.copies + f"{model_id}/".encode()
@@ -59,6 +63,8 @@ class KeySchema:
             # Model ids may hold '/', instance ids never do: split on the last one.
             model_id, _, instance_id = key[len(self.copies):].decode().rpartition("/")
             return ParsedKey("copy", model_id, instance_id) if model_id else None
+        if key.startswith(self.drains):
+            return ParsedKey("drain", key[len(self.drains):].decode())
         if key == self.policy:
             return ParsedKey("policy", "policy")
         if key == self.leader:

@@ -42,6 +42,8 @@ class RegistryMirror:
         self.instances: dict[str, rec.InstanceRecord] = {}
         #: model id -> instance id -> copy
         self.copies: dict[str, dict[str, rec.CopyRecord]] = {}
+        #: Instances an operator drained (MeshAdmin DrainInstance): no new loads there.
+        self.drains: set[str] = set()
         self.policy: rec.PolicyRecord | None = None
         self.policy_revision = 0
         #: Highest store revision applied.
@@ -103,6 +105,7 @@ class RegistryMirror:
             start_after = page.items[-1].key
         self.models, self.vmodels, self.instances = fresh.models, fresh.vmodels, fresh.instances
         self.copies, self.policy, self.policy_revision = fresh.copies, fresh.policy, fresh.policy_revision
+        self.drains = fresh.drains
         self.corrupt_records += fresh.corrupt_records
         self._advance(revision)
 
@@ -125,6 +128,11 @@ class RegistryMirror:
     def _apply(self, key: bytes, value: bytes | None, revision: int) -> None:
         parsed = self._keys.parse(key)
         if parsed is None or parsed.kind == "leader":
+            return
+        if parsed.kind == "drain":
+            (self.drains.add if value is not None else self.drains.discard)(parsed.name)
+            for listener in self._listeners:
+                listener(parsed, value)
             return
         record: Any = None
         if value is not None:

@@ -169,6 +169,10 @@ class Registry:
         out, _ = await self._list(rec.CopyRecord, self.keys.copies_of(model_id), MAX_PAGE, "")
         return out
 
+    async def drain_instance(self, instance_id: str, *, lease: int) -> int:
+        """Marks an instance drained; under its lease, so the mark leaves with it."""
+        return await self.store.put(self.keys.drain(instance_id), b"1", lease=lease)
+
     # -- policy ------------------------------------------------------------
 
     async def get_policy(self) -> Versioned[rec.PolicyRecord] | None:
