@@ -66,6 +66,15 @@ def internal_message(exc: BaseException) -> tuple[str, str]:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+async def _abort(fn: Any, exc: Exception, context: grpc.aio.ServicerContext) -> None:
+    """Ends the RPC with the status the exception stands for."""
+    if isinstance(exc, errors.MeshError):
+        await context.abort(status_code(exc), exc.message)
+    msg, incident = internal_message(exc)
+    log.error("unhandled error in %s (incident %s)", fn.__qualname__, incident, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, msg)
+
+
 def translate_errors(fn: F) -> F:
     """Wraps a grpc.aio servicer method (unary or server-streaming)."""
 
@@ -76,14 +85,10 @@ def translate_errors(fn: F) -> F:
             try:
                 async for item in fn(self, request, context):
                     yield item
-            except errors.MeshError as e:
-                await context.abort(status_code(e), e.message)
             except grpc.aio.AbortError:
                 raise
             except Exception as e:  # noqa: BLE001 - last line before the client
-                msg, incident = internal_message(e)
-                log.exception("unhandled error in %s (incident %s)", fn.__qualname__, incident)
-                await context.abort(grpc.StatusCode.INTERNAL, msg)
+                await _abort(fn, e, context)
 
         return stream_wrapper  # type: ignore[return-value]
 
@@ -91,13 +96,9 @@ def translate_errors(fn: F) -> F:
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await fn(self, request, context)
-        except errors.MeshError as e:
-            await context.abort(status_code(e), e.message)
         except grpc.aio.AbortError:
             raise
         except Exception as e:  # noqa: BLE001 - last line before the client
-            msg, incident = internal_message(e)
-            log.exception("unhandled error in %s (incident %s)", fn.__qualname__, incident)
-            await context.abort(grpc.StatusCode.INTERNAL, msg)
+            await _abort(fn, e, context)
 
     return wrapper  # type: ignore[return-value]
