@@ -135,7 +135,8 @@ class Loader:
                     f"model {model_id!r} failed to load {len(failures)} times recently ({reasons}); "
                     f"it is LOADING_FAILED until failures expire ({self._s.failure_ttl_s:.0f}s) or it is re-registered"
                 )
-            ranked = [i for i in self._placement(self.view(), self.model_view(model, extra_exclude=tried))]
+            view, wanted = self.view(), self.model_view(model, extra_exclude=tried)
+            ranked = list(self._placement(view, wanted))
             if not ranked:
                 if last_error is not None:
                     raise last_error
@@ -146,8 +147,11 @@ class Loader:
                     "too small, or already holding it)"
                 )
             instance_id = ranked[0]
+            # No eligible runtime has room: the load will evict, under the churn guard.
+            free = {i.instance_id: i.free_bytes for i in view.instances}
+            mesh_full = not any(free.get(i, 0) >= wanted.size_bytes for i in ranked)
             try:
-                return await self._load_on(model, instance_id, remaining)
+                return await self._load_on(model, instance_id, remaining, mesh_full)
             except (ResourceExhausted, Unavailable) as e:
                 # Did not fit there, or the runtime is gone: another instance may do.
                 log.info("load of %s on %s: %s; trying elsewhere", model_id, instance_id, e)
@@ -165,7 +169,7 @@ class Loader:
                 last_error = e
                 await self._record_failure(model_id, instance_id, str(e))
 
-    async def _load_on(self, model: rec.ModelRecord, instance_id: str, remaining: float) -> str:
+    async def _load_on(self, model: rec.ModelRecord, instance_id: str, remaining: float, mesh_full: bool) -> str:
         inst = self._table.mirror.instances.get(instance_id)
         if inst is None:
             raise Unavailable(f"runtime {instance_id} left")
@@ -181,7 +185,8 @@ class Loader:
             raise _Lost()
         timeout = min(self._s.load_timeout_s, remaining)
         try:
-            resp = await self._runtimes.load_model(inst.endpoint, model.model_id, model.type, model.path, model.key, timeout)
+            resp = await self._runtimes.load_model(inst.endpoint, model.model_id, model.type, model.path, model.key,
+                                                   timeout, mesh_full=mesh_full)
         except grpc.aio.AioRpcError as e:
             self.on_load(e.code().name)
             await self._cleanup_failed(model.model_id, instance_id, inst.endpoint, e.code())
