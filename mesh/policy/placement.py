@@ -100,12 +100,13 @@ def pack(view: ClusterView, model: ModelView, *, headroom: float = 0.0) -> list[
     for big models; if none fits, as ``rank`` (oldest LRU entry first)."""
     candidates = [i for i in view.instances if eligible(i, model)]
 
-    def key(i: InstanceView) -> tuple[bool, bool, int, int, str]:
-        fits = _fits(i, model, headroom)
+    def key(i: InstanceView) -> tuple[bool, int, int, int, str]:
+        # 0: fits keeping the headroom; 1: fits only by using the headroom; 2: must evict.
+        tier = 0 if _fits(i, model, headroom) else 1 if _fits(i, model) else 2
         return (
             i.instance_id in model.failed_on,
-            not fits,
-            i.free_bytes if fits else (i.oldest_lru_ms or view.now_ms),
+            tier,
+            i.free_bytes if tier < 2 else (i.oldest_lru_ms or view.now_ms),
             i.loads_in_progress,
             i.instance_id,
         )

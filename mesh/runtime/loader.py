@@ -105,6 +105,7 @@ class ModelManager:
         self._idle = asyncio.Event()
         self._idle.set()
         metrics.capacity_bytes.set(capacity)
+        metrics.loads_in_progress.set_function(lambda: len(self._loads))
 
     # -- queries -----------------------------------------------------------
 
@@ -185,7 +186,6 @@ class ModelManager:
         try:
             async with self._slots:
                 self._metrics.load_queue_seconds.observe(self._clock.monotonic() - queued)
-                self._metrics.loads_in_progress.set(len(self._loads))
                 started = self._clock.monotonic()
                 fetched = await self._fetcher.fetch(model_id, path, key)
                 try:
@@ -410,7 +410,6 @@ class ModelManager:
     def _update_gauges(self) -> None:
         self._metrics.models_loaded.set(len(self.cache.loaded()))
         self._metrics.used_bytes.set(self.cache.used)
-        self._metrics.loads_in_progress.set(len(self._loads))
         self._listener.changed()
 
     def close(self) -> None:
