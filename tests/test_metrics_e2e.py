@@ -5,6 +5,7 @@ counting (README "Metrics")."""
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from mesh.registry.registry import Registry
 from router.server import RouterServer
 from tests.procs import RuntimeProc, start_runtime
 from tests.runtime_helpers import scrape
+from tests.test_deploy_render import METRICS as DASHBOARD_METRICS
 from tests.test_router import Client, router_settings
 
 MODELS = 6
@@ -119,6 +121,14 @@ async def test_metrics_endpoints_count_an_end_to_end_run(
         assert both['meshserve_puller_bytes_total{scheme="file"}'] >= 2 * 2_500_000
         assert both['meshserve_puller_pull_seconds_count{scheme="file"}'] >= 2
         assert "meshserve_puller_cache_hits_total" in both and "meshserve_policy_errors_total" in both
+        # Every name the Grafana dashboard uses is exported by the router or the runtimes.
+        pages = [f"127.0.0.1:{router.metrics_port}"] + [
+            (await registry.get_instance(rt.instance_id)).record.metrics_endpoint for rt in runtime_procs]  # type: ignore[union-attr]
+        families = set()
+        for endpoint in pages:
+            text = await asyncio.to_thread(lambda e=endpoint: urllib.request.urlopen(f"http://{e}/metrics").read().decode())
+            families |= {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+        assert DASHBOARD_METRICS <= families, DASHBOARD_METRICS - families
     finally:
         await client.channel.close()
         await router.stop(0)

@@ -230,3 +230,18 @@ def test_live_policy_keeps_the_old_document_when_a_stored_one_is_bad() -> None:
     assert live.document.placement.policy == "pack" and live.revision == 7 and errors == [1]
     assert live.apply(None, 0) and live.document == PolicyDocument() and live.source == "defaults"
     assert seen == ["rank", "pack", "rank"]
+
+
+def test_zipf_simulation_belady_bounds_every_policy() -> None:
+    import argparse
+
+    from load_tests import policy_sim
+
+    args = argparse.Namespace(models=100, requests=3000, capacity=0.1, zipf=1.0, seed=3)
+    trace = policy_sim.make_trace(args, sized=False)
+    best = policy_sim.belady(trace).misses
+    results = {name: policy_sim.simulate(trace, p, rate=100).misses
+               for name, p in policy_sim.policies([60.0]).items()}
+    distinct = len(set(trace.requests.tolist()))
+    assert distinct <= best < min(results.values()), results
+    assert results["lfu"] < results["lru"]  # Zipf popularity is stable: frequency wins
