@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from mesh.clock import Clock
 from mesh.errors import DeadlineExceeded, InvalidArgument, MeshError, ModelLoadFailed, NotFound, Unavailable
@@ -32,6 +31,7 @@ from mesh.fetcher import Fetcher, local_path, redact_uri
 from mesh.registry.ids import validate_id
 from mesh.runtime.backends import BackendRegistry, LoadedModel
 from mesh.runtime.cache import Entry, ModelCache
+from mesh.runtime.listener import LoadListener, parse_key
 from mesh.runtime.metrics import RuntimeMetrics
 from mesh.runtime.rate import RequestRate
 from mesh.runtime.settings import RuntimeSettings
@@ -41,30 +41,6 @@ log = logging.getLogger(__name__)
 
 #: How long an unload waits for requests still running on the model.
 UNLOAD_DRAIN_S = 30.0
-
-
-class LoadListener(Protocol):
-    def loading(self, model_id: str) -> None: ...
-
-    def loaded(self, model_id: str, size_bytes: int) -> None: ...
-
-    def removed(self, model_id: str) -> None: ...
-
-    def changed(self) -> None:
-        """Counts, sizes or LRU times changed (the instance record is stale)."""
-        ...
-
-
-def parse_key(model_id: str, key: str) -> dict[str, Any]:
-    """The model key as a dict. ModelMesh keys are opaque, usually JSON; a key that
-    is not a JSON object is kept as ``{"key": <text>}``."""
-    if not key.strip():
-        return {}
-    try:
-        data = json.loads(key)
-    except ValueError:
-        return {"key": key}
-    return data if isinstance(data, dict) else {"key": key}
 
 
 class ModelManager:
