@@ -147,9 +147,10 @@ class Loader:
                     "too small, or already holding it)"
                 )
             instance_id = ranked[0]
-            # No eligible runtime has room: the load will evict, under the churn guard.
+            # No eligible runtime has room (for a model of unknown size: not a byte free):
+            # the load will evict, under the runtime's churn guard.
             free = {i.instance_id: i.free_bytes for i in view.instances}
-            mesh_full = not any(free.get(i, 0) >= wanted.size_bytes for i in ranked)
+            mesh_full = not any(free.get(i, 0) >= max(wanted.size_bytes, 1) for i in ranked)
             try:
                 return await self._load_on(model, instance_id, remaining, mesh_full)
             except (ResourceExhausted, Unavailable) as e:

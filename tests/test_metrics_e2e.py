@@ -133,3 +133,22 @@ async def test_metrics_endpoints_count_an_end_to_end_run(
         await client.channel.close()
         await router.stop(0)
         await store.close()
+
+
+def test_per_model_series_only_when_enabled() -> None:
+    from prometheus_client import generate_latest
+
+    from mesh.runtime.metrics import RuntimeMetrics
+    from router.metrics import RouterMetrics
+
+    for per_model in (False, True):
+        m = RouterMetrics(per_model=per_model)
+        m.track_copies(lambda: {"a": 2, "b": 0, "c": 5})
+        m.observe_request("ModelInfer", "OK", 0.01, "a")
+        text = generate_latest(m.registry).decode()
+        assert 'meshserve_models_by_copies{copies="2"} 1.0' in text and 'meshserve_models_by_copies{copies="4+"} 1.0' in text
+        assert ('meshserve_model_copies{model="c"} 5.0' in text) is per_model
+        assert ('meshserve_model_requests_total{code="OK",model="a"} 1.0' in text) is per_model
+        r = RuntimeMetrics(per_model=per_model)
+        r.observe_request("ModelInfer", "OK", 0.01, "a")
+        assert ("model=" in generate_latest(r.registry).decode()) is per_model

@@ -131,3 +131,80 @@ def test_runtime_process_switches_to_ttl_live_and_unloads_an_idle_model(etcd_ser
         finally:
             spi.close()
         assert rt.terminate() == 0, rt.log()[-3000:]
+
+
+async def test_router_says_when_the_mesh_is_full(router: RouterServer, runtimes) -> None:  # noqa: F811
+    client = Client(router.endpoint)
+    try:
+        for i in range(7):
+            await client.register(f"m{i}")
+        for i in range(6):  # two runtimes with three slots each: room until all six are in
+            await client.infer(f"m{i}")
+        assert [m for rt in runtimes for m in rt.mesh_full_loads] == []
+        await client.infer("m6")  # no runtime has room: the load carries the churn-guard header
+        assert [m for rt in runtimes for m in rt.mesh_full_loads] == ["m6"]
+    finally:
+        await client.channel.close()
+
+
+async def test_runtime_churn_guard_refuses_to_evict_young_models_when_the_mesh_is_full(
+        etcd_server: LocalEtcd, mesh_name: str, tmp_path: Path) -> None:
+    from mesh.fetcher import LocalFetcher
+    from mesh.proto.mmesh import model_runtime_pb2 as rpb
+    from mesh.proto.mmesh import model_runtime_pb2_grpc as rpg
+    from mesh.runtime.backends import BackendRegistry
+    from mesh.runtime.server import RuntimeServer
+    from mesh.runtime.settings import RuntimeSettings
+    from tests.test_runtime_inprocess import GatedBackend
+
+    model_file = tmp_path / "m.bin"
+    model_file.write_bytes(b"x" * 1_000_000)  # charged 1.5 MB + 64 KiB: room for one
+    settings = RuntimeSettings(etcd=etcd_server.endpoint, mesh=mesh_name, listen="127.0.0.1:0", capacity=2_000_000,
+                               metrics_listen="127.0.0.1:0", eviction_policy='{"policy": "lru", "min_age_s": 60}')
+    server = RuntimeServer(settings, LocalFetcher(), backends=BackendRegistry([GatedBackend()]))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.endpoint) as ch:
+            spi = rpg.ModelRuntimeStub(ch)
+            load = rpb.LoadModelRequest(modelId="first", modelType="gate", modelPath=str(model_file))
+            await spi.loadModel(load)
+            load.modelId = "second"
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await spi.loadModel(load, metadata=(("meshserve-mesh-full", "1"),))
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "churn guard keeps models loaded less than 60s ago" in (err.value.details() or "")
+            await spi.loadModel(load)  # not marked full (room may exist elsewhere): LRU evicts "first"
+            samples = await asyncio.to_thread(scrape, server.metrics.endpoint)
+            assert samples['meshserve_evictions_total{policy="lru",reason="capacity"}'] == 1
+    finally:
+        await server.stop()
+
+
+async def meshserve(*args: str) -> tuple[int, str, str]:
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "mesh.cli", *args,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_policy_cli_validate_set_get(router: RouterServer, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("eviction:\n  by_label:\n    device=gpu: {policy: ttl, idle_s: 0}\n")
+    good = tmp_path / "good.yaml"
+    good.write_text("eviction: {default: gdsf}\nplacement: {policy: pack, headroom: 0.1}\n")
+    code, _, err = await meshserve("policy", "validate", str(bad))  # offline: no router involved
+    assert code == 2 and "eviction.by_label.device=gpu.idle_s: Input should be greater than 0" in err
+    code, out, _ = await meshserve("policy", "validate", str(good), "--json")
+    assert code == 0 and json.loads(out)["document"]["placement"]["headroom"] == 0.1
+    code, _, err = await meshserve("policy", "set", str(bad), "--router", router.endpoint)
+    assert code == 1 and "INVALID_ARGUMENT" in err and "idle_s" in err
+    code, out, _ = await meshserve("policy", "get", "--json", "--router", router.endpoint)
+    assert code == 0 and json.loads(out)["revision"] == 0
+    code, out, err = await meshserve("policy", "set", str(good), "--router", router.endpoint)
+    assert code == 0, err
+    code, out, _ = await meshserve("policy", "get", "--json", "--router", router.endpoint)
+    got = json.loads(out)
+    assert got["revision"] > 0 and got["document"]["eviction"]["default"]["policy"] == "gdsf"
+    assert router.policy.live.revision == got["revision"]
