@@ -17,6 +17,8 @@ import pytest
 from mesh import modelgen
 from mesh.etcd_server import LocalEtcd
 from mesh.proto.meshserve.v1 import admin_pb2 as adm
+from mesh.proto.mmesh import model_runtime_pb2 as spi_pb
+from mesh.proto.mmesh import model_runtime_pb2_grpc as spi_grpc
 from mesh.registry import records as rec
 from mesh.registry.registry import Registry
 from router.server import RouterServer
@@ -45,13 +47,19 @@ async def router(etcd_server: LocalEtcd, mesh_name: str, runtimes) -> AsyncItera
 
 
 async def test_router_switches_placement_live_and_refuses_invalid_documents(
-        router: RouterServer, registry: Registry) -> None:  # noqa: F811
+        router: RouterServer, registry: Registry, runtimes) -> None:  # noqa: F811
     client = Client(router.endpoint)
     try:
         for m in ("a", "b", "c", "d"):
             await client.register(m)
-        # Default ranking: fewer models first, ties by id.
-        assert [(await client.infer(m)).id for m in ("a", "b", "c")] == ["rt-0", "rt-1", "rt-0"]
+        # rt-0 holds two models, rt-1 one (loaded straight through the runtimes' SPI, so
+        # the starting state does not depend on the default ranking's tie-breaking).
+        for rt, models in zip(runtimes, (("a", "c"), ("b",))):
+            async with grpc.aio.insecure_channel(rt.endpoint) as ch:
+                for m in models:
+                    await spi_grpc.ModelRuntimeStub(ch).loadModel(spi_pb.LoadModelRequest(modelId=m, modelType="onnx"))
+        assert await until(lambda: len(router.table.loaded_on("a") + router.table.loaded_on("b")
+                                        + router.table.loaded_on("c")) == 3, 5)
 
         # Refused through MeshAdmin with the field and the reason; nothing stored.
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -69,7 +77,7 @@ async def test_router_switches_placement_live_and_refuses_invalid_documents(
         rev = await registry.set_policy(rec.PolicyRecord({"placement": {"policy": "pack"}}))
         assert await until(lambda: router.policy.live.revision == rev, APPLY_WITHIN_S), "not applied within 1 s"
         applied_s = time.monotonic() - t0
-        assert (await client.infer("d")).id == "rt-0"  # rank would pick rt-1 (fewer models)
+        assert (await client.infer("d")).id == "rt-0"  # the fullest that fits; rank prefers rt-1 (fewer models)
         got = await client.admin.GetPolicy(adm.GetPolicyRequest())
         assert got.revision == rev and json.loads(got.document)["placement"]["policy"] == "pack"
 
