@@ -216,3 +216,44 @@ async def test_policy_cli_validate_set_get(router: RouterServer, tmp_path: Path)
     got = json.loads(out)
     assert got["revision"] > 0 and got["document"]["eviction"]["default"]["policy"] == "gdsf"
     assert router.policy.live.revision == got["revision"]
+
+
+async def test_router_policy_file_is_the_fallback_and_a_bad_one_stops_the_start(
+        etcd_server: LocalEtcd, mesh_name: str, tmp_path: Path) -> None:
+    from mesh.errors import InvalidArgument
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"placement": {"policy": "pack", "headroom": -1}}')
+    with pytest.raises(InvalidArgument, match="placement.headroom"):
+        RouterServer(router_settings(etcd_server, mesh_name, policy_file=str(bad)))
+    good = tmp_path / "policy.yaml"
+    good.write_text("placement: spread\nrouter: {max_load_failures: 5}\n")
+    server = RouterServer(router_settings(etcd_server, mesh_name, policy_file=str(good)))
+    await server.start()
+    client = Client(server.endpoint)
+    try:
+        got = await client.admin.GetPolicy(adm.GetPolicyRequest())
+        assert got.revision == 0 and json.loads(got.document)["placement"]["policy"] == "spread"
+        assert server.policy.live.tunable("max_load_failures", 3) == 5
+        await client.admin.SetPolicy(adm.SetPolicyRequest(document="{}"))  # the key wins over the file
+        assert server.policy.live.document.placement.policy == "rank"
+        assert server.policy.live.tunable("max_load_failures", 3) == 3
+    finally:
+        await client.channel.close()
+        await server.stop(0)
+
+
+async def test_router_tunables_from_the_document_apply_live(router: RouterServer, runtimes) -> None:  # noqa: F811
+    client = Client(router.endpoint)
+    try:
+        for rt in runtimes:
+            rt.fail_models["f"] = "corrupt model file"
+        await client.register("f")
+        await client.admin.SetPolicy(adm.SetPolicyRequest(document='{"router": {"max_load_failures": 1}}'))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.infer("f")
+        # One failure is enough now: no second runtime is tried, the model is LOADING_FAILED.
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "failed to load 1 times" in err.value.details()
+        assert sum(rt.loads.get("f", 0) for rt in runtimes) == 1
+    finally:
+        await client.channel.close()
