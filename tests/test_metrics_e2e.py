@@ -152,3 +152,23 @@ def test_per_model_series_only_when_enabled() -> None:
         r = RuntimeMetrics(per_model=per_model)
         r.observe_request("ModelInfer", "OK", 0.01, "a")
         assert ("model=" in generate_latest(r.registry).decode()) is per_model
+
+
+async def test_etcd_operation_errors_are_counted_by_operation() -> None:
+    from prometheus_client import generate_latest
+
+    from mesh.errors import RegistryUnavailable
+    from router.metrics import RouterMetrics
+
+    m = RouterMetrics()
+    store = EtcdStore("127.0.0.1:1", timeout_s=0.5, on_error=m.etcd_error)  # nothing listens there
+    try:
+        for _ in range(2):
+            with pytest.raises(RegistryUnavailable):
+                await store.get(b"/meshserve/x")
+        with pytest.raises(RegistryUnavailable):
+            await store.put(b"/meshserve/x", b"1")
+    finally:
+        await store.close()
+    text = generate_latest(m.registry).decode()
+    assert 'meshserve_etcd_errors_total{op="get"} 2.0' in text and 'meshserve_etcd_errors_total{op="put"} 1.0' in text
