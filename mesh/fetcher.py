@@ -41,6 +41,22 @@ class Fetcher(Protocol):
         ...
 
 
+class PullObserver(Protocol):
+    """Optional metrics hook a fetcher reports to (the runtime's metrics implement it)."""
+
+    def pulled(self, scheme: str, size_bytes: int, seconds: float) -> None:
+        """A pull from storage finished: bytes written and how long it took."""
+        ...
+
+    def pull_failed(self, scheme: str, code: str, seconds: float) -> None:
+        """A pull failed; ``code`` is the error's gRPC status name."""
+        ...
+
+    def cache_hit(self) -> None:
+        """A fetch was served from the local disk cache without contacting storage."""
+        ...
+
+
 def redact_uri(uri: str) -> str:
     """A URI fit for messages: drops user:password and the query (presigned URLs sign there)."""
     try:

@@ -28,8 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from mesh.clock import Clock, SystemClock
-from mesh.errors import FailedPrecondition, StorageConfigInvalid
-from mesh.fetcher import FetchedModel, disk_size
+from mesh.errors import FailedPrecondition, MeshError, StorageConfigInvalid
+from mesh.fetcher import FetchedModel, PullObserver, disk_size
 from mesh.registry.ids import validate_id
 from puller.backends import Backend, make_backends
 from puller.backends.pvc import PvcBackend
@@ -47,8 +47,11 @@ _PROGRESS_EVERY_S = 0.25
 class PullerFetcher:
     """Models from object storage into a local disk cache (see the module docstring)."""
 
-    def __init__(self, settings: PullerSettings, *, clock: Clock | None = None) -> None:
+    def __init__(self, settings: PullerSettings, *, clock: Clock | None = None,
+                 observer: PullObserver | None = None) -> None:
         self.settings = settings
+        #: Metrics hook (mesh.fetcher.PullObserver): pulls, bytes, durations, cache hits.
+        self._observer = observer
         self._clock = clock or SystemClock()
         self.cache = DiskCache(settings.cache_dir, settings.cache_budget, self._clock)
         self._storage = StorageConfigSource(settings.storage_config)
@@ -152,6 +155,8 @@ class PullerFetcher:
             self.cache.pin(model_id)
             self.cache.touch(entry)
             await self._call(self.cache.save_manifest, entry)
+            if self._observer is not None:
+                self._observer.cache_hit()
             return FetchedModel(self.cache.entry_path(entry), entry.size_bytes, True)
         # Pinned while waiting too: a pull for another model cannot evict it between the
         # moment it lands and the moment we hand it over.
@@ -206,11 +211,19 @@ class PullerFetcher:
             try:
                 entry = await Pull(self.settings, self.cache, self._executor, self._clock).run(
                     model_id, source, self._backends[source.scheme], progress)
+            except BaseException as e:
+                if self._observer is not None:
+                    code = e.code if isinstance(e, MeshError) else (
+                        "CANCELLED" if isinstance(e, asyncio.CancelledError) else "INTERNAL")
+                    self._observer.pull_failed(source.scheme, code, self._clock.monotonic() - start)
+                raise
             finally:
                 reporter.cancel()
                 await asyncio.gather(reporter, return_exceptions=True)
             progress.report()
             elapsed = self._clock.monotonic() - start
+            if self._observer is not None:
+                self._observer.pulled(source.scheme, entry.size_bytes, elapsed)
             log.info("puller: %s pulled from %s: %d files, %d bytes in %.2fs", model_id, source.display,
                      len(entry.files), entry.size_bytes, elapsed)
             return entry

@@ -11,6 +11,8 @@ import grpc
 from mesh.clock import Clock
 from mesh.errors import InvalidArgument, ModelNotFound, NotFound
 from mesh.grpc_errors import translate_errors
+from mesh.policy.document import PolicyDocument, dumps, parse_document
+from mesh.policy.live import LivePolicy
 from mesh.proto.meshserve.v1 import admin_pb2 as adm
 from mesh.proto.meshserve.v1 import admin_pb2_grpc as adm_grpc
 from mesh.registry import records as rec
@@ -19,22 +21,17 @@ from mesh.registry.registry import Registry
 from router.status import status_name
 from router.table import RoutingTable
 
-PolicyValidator = Any  # callable(dict) -> dict, raising InvalidArgument (issue #7 supplies the full one)
-
 
 def validate_policy_document(text: str) -> dict[str, Any]:
-    """Parses a policy document; the full schema lands with the policy work (issue #7)."""
-    try:
-        doc = json.loads(text)
-    except ValueError as e:
-        raise InvalidArgument(f"policy document is not valid JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise InvalidArgument("policy document must be a JSON object")
-    return doc
+    """Parses and validates a policy document (JSON or YAML) into its canonical
+    JSON object; InvalidArgument names each bad field and why."""
+    return parse_document(text).to_dict()
 
 
 class Admin(adm_grpc.MeshAdminServicer):
-    def __init__(self, registry: Registry, table: RoutingTable, clock: Clock, status_of: Any) -> None:
+    def __init__(self, registry: Registry, table: RoutingTable, clock: Clock, status_of: Any,
+                 policy: LivePolicy | None = None) -> None:
+        self._policy = policy
         self._registry = registry
         self._table = table
         self._clock = clock
@@ -86,8 +83,9 @@ class Admin(adm_grpc.MeshAdminServicer):
     @translate_errors
     async def GetPolicy(self, request: adm.GetPolicyRequest, context: grpc.aio.ServicerContext) -> adm.Policy:  # noqa: N802
         got = await self._registry.get_policy()
-        if got is None:
-            return adm.Policy(document="{}", revision=0)
+        if got is None:  # never set: what this router runs on (its --policy-file, or the defaults)
+            current = self._policy.document if self._policy is not None else PolicyDocument()
+            return adm.Policy(document=dumps(current), revision=0)
         return adm.Policy(document=json.dumps(got.record.document, sort_keys=True), revision=got.mod_revision)
 
     @translate_errors
@@ -99,6 +97,7 @@ class Admin(adm_grpc.MeshAdminServicer):
             rec.PolicyRecord(doc, self._clock.now_ms()),
             expected_revision=request.expected_revision or None,
         )
+        await self._table.mirror.wait_for(revision)  # read-your-writes: this router runs on it now
         return adm.Policy(document=json.dumps(doc, sort_keys=True), revision=revision)
 
     @translate_errors

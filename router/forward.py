@@ -96,7 +96,10 @@ class Forwarder:
             if self._metrics is not None and attempt == 0:
                 (self._metrics.hits if instance_id is not None else self._metrics.misses).inc()
             if instance_id is None:
+                waited = self._clock.monotonic()
                 instance_id = await self._loader.ensure_loaded(model_id, deadline)
+                if self._metrics is not None:
+                    self._metrics.miss_seconds.observe(self._clock.monotonic() - waited)
             endpoint = self._table.endpoint(instance_id)
             if endpoint is None:
                 self._table.suspect(instance_id)

@@ -52,8 +52,13 @@ def instrumented(method: str) -> Callable[[Any], Any]:
                 code = "INTERNAL"
                 raise
             finally:
-                m.requests.labels(method, code).inc()
-                m.latency.labels(method).observe(time.perf_counter() - t0)
+                model = ""
+                if m.per_model:
+                    try:
+                        model = self._fwd.resolve(context.invocation_metadata() or (), request)
+                    except MeshError:
+                        pass
+                m.observe_request(method, code, time.perf_counter() - t0, model)
 
         return inner
 

@@ -44,13 +44,15 @@ def active_failures(model: rec.ModelRecord, now_ms: int, ttl_s: float) -> list[r
 
 class Loader:
     def __init__(self, settings: RouterSettings, registry: Registry, table: RoutingTable,
-                 runtimes: RuntimeClients, clock: Clock, placement: PlacementPolicy = rank) -> None:
+                 runtimes: RuntimeClients, clock: Clock, placement: PlacementPolicy = rank,
+                 spread_ties: Callable[[], bool] = lambda: True) -> None:
         self._s = settings
         self._registry = registry
         self._table = table
         self._runtimes = runtimes
         self._clock = clock
         self._placement = placement
+        self._spread_ties = spread_ties
         self._inflight: dict[str, asyncio.Task[str]] = {}
         #: outcome -> count; the server exports it as meshserve_router_loads_total.
         self.on_load: Callable[[str], None] = lambda outcome: None
@@ -84,11 +86,22 @@ class Loader:
         failed = {f.instance_id for f in active_failures(model, now, self._s.failure_ttl_s)}
         required = {k[len(REQUIRE_PREFIX):]: v for k, v in model.labels.items() if k.startswith(REQUIRE_PREFIX)}
         return ModelView(
-            model.model_id, model.type, model.size_bytes,
+            model.model_id, model.type, model.size_bytes or self._typical_size(),
             frozenset(i for i, c in self._table.copies(model.model_id).items()
                       if not self._table.is_suspect(i, model.model_id)) | frozenset(extra_exclude),
             frozenset(failed), required,
         )
+
+    def _typical_size(self) -> int:
+        """A never-loaded model's size is unknown: assume the mean of the loaded copies
+        (at least a byte, so a full instance never looks like it has room)."""
+        total = n = 0
+        for copies in self._table.mirror.copies.values():
+            for c in copies.values():
+                if c.size_bytes:
+                    total += c.size_bytes
+                    n += 1
+        return max(1, total // n) if n else 1
 
     async def ensure_loaded(self, model_id: str, deadline: float) -> str:
         """Returns an instance holding the model LOADED, loading it if needed."""
@@ -142,8 +155,8 @@ class Loader:
                     f"it is LOADING_FAILED until failures expire ({self._s.failure_ttl_s:.0f}s) or it is re-registered"
                 )
             seen_at = self._table.mirror.revision  # the copies this decision is based on
-            view, mview = self.view(), self.model_view(model, extra_exclude=tried)
-            ranked = self._placement(view, mview)
+            view, wanted = self.view(), self.model_view(model, extra_exclude=tried)
+            ranked = list(self._placement(view, wanted))
             if not ranked:
                 if last_error is not None:
                     raise last_error
@@ -153,9 +166,16 @@ class Loader:
                     f"{n} runtime instance(s) registered, none eligible (shutting down, wrong type or labels, "
                     "too small, or already holding it)"
                 )
-            instance_id = random.choice(near_equals(view, mview, ranked))
+            # The default ranking breaks near-ties at random (as ModelMesh does) so that
+            # routers with slightly stale views spread a burst; other policies mean
+            # their order (pack must pack).
+            instance_id = random.choice(near_equals(view, wanted, ranked)) if self._spread_ties() else ranked[0]
+            # No eligible runtime has room (for a model of unknown size: not a byte free):
+            # the load will evict, under the runtime's churn guard.
+            free = {i.instance_id: i.free_bytes for i in view.instances}
+            mesh_full = not any(free.get(i, 0) >= max(wanted.size_bytes, 1) for i in ranked)
             try:
-                return await self._load_on(model, instance_id, remaining, seen_at)
+                return await self._load_on(model, instance_id, remaining, seen_at, mesh_full)
             except (ResourceExhausted, Unavailable) as e:
                 # Did not fit there, or the runtime is gone: another instance may do.
                 log.info("load of %s on %s: %s; trying elsewhere", model_id, instance_id, e)
@@ -173,7 +193,8 @@ class Loader:
                 last_error = e
                 await self._record_failure(model_id, instance_id, str(e))
 
-    async def _load_on(self, model: rec.ModelRecord, instance_id: str, remaining: float, seen_at: int) -> str:
+    async def _load_on(self, model: rec.ModelRecord, instance_id: str, remaining: float, seen_at: int,
+                       mesh_full: bool) -> str:
         inst = self._table.mirror.instances.get(instance_id)
         if inst is None:
             raise Unavailable(f"runtime {instance_id} left")
@@ -189,7 +210,8 @@ class Loader:
             raise _Lost()
         timeout = min(self._s.load_timeout_s, remaining)
         try:
-            resp = await self._runtimes.load_model(inst.endpoint, model.model_id, model.type, model.path, model.key, timeout)
+            resp = await self._runtimes.load_model(inst.endpoint, model.model_id, model.type, model.path, model.key,
+                                                   timeout, mesh_full=mesh_full)
         except grpc.aio.AioRpcError as e:
             self.on_load(e.code().name)
             await self._cleanup_failed(model.model_id, instance_id, inst.endpoint, e.code())

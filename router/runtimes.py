@@ -45,9 +45,12 @@ class RuntimeClients:
         return stub
 
     async def load_model(self, endpoint: str, model_id: str, type_: str, path: str, key: str,
-                         timeout_s: float) -> Any:
+                         timeout_s: float, *, mesh_full: bool = False) -> Any:
+        """``mesh_full``: no eligible runtime had room, so the runtime's churn guard applies
+        (the ``meshserve-mesh-full`` header; other ModelMesh runtimes ignore it)."""
         req = spi.LoadModelRequest(modelId=model_id, modelType=type_, modelPath=path, modelKey=key)
-        return await self.spi(endpoint).loadModel(req, timeout=timeout_s)
+        metadata = (("meshserve-mesh-full", "1"),) if mesh_full else ()
+        return await self.spi(endpoint).loadModel(req, timeout=timeout_s, metadata=metadata)
 
     async def unload_model(self, endpoint: str, model_id: str, timeout_s: float = 30.0) -> None:
         await self.spi(endpoint).unloadModel(spi.UnloadModelRequest(modelId=model_id), timeout=timeout_s)

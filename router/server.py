@@ -22,9 +22,11 @@ from router.admin import Admin
 from router.forward import Forwarder
 from router.frontdoor import SERVICE as V2_SERVICE
 from router.frontdoor import FrontDoor
-from router.loader import Loader
+from mesh.registry import records as rec
+from router.loader import Loader, active_failures
 from router.management import Management
 from router.metrics import RouterMetrics
+from router.policy import RouterPolicy, tuned
 from router.runtimes import RuntimeClients
 from router.scaler import Scaler
 from router.settings import RouterSettings
@@ -39,20 +41,26 @@ class RouterServer:
     def __init__(self, settings: RouterSettings, *, store: KVStore | None = None, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
-        self.store: KVStore = store or EtcdStore(settings.etcd, timeout_s=settings.etcd_timeout_s)
+        self.metrics = RouterMetrics(per_model=settings.metrics_per_model)
+        self.policy = RouterPolicy(settings, on_error=self.metrics.policy_errors.inc)
+        self.metrics.policy_revision.set_function(lambda: self.policy.live.revision)
+        # Components read the tunables the policy document may override through this view.
+        settings = tuned(settings, self.policy.live)
+        self.store: KVStore = store or EtcdStore(settings.etcd, timeout_s=settings.etcd_timeout_s,
+                                                 on_error=self.metrics.etcd_error)
         self.keys = KeySchema(settings.mesh)
         self.registry = Registry(self.store, self.keys)
         self.mirror = RegistryMirror(self.store, self.keys)
         self.table = RoutingTable(self.mirror, self.clock)
         self.runtimes = RuntimeClients(settings.max_message_bytes)
-        self.loader = Loader(settings, self.registry, self.table, self.runtimes, self.clock)
-        self.metrics = RouterMetrics()
+        self.loader = Loader(settings, self.registry, self.table, self.runtimes, self.clock,
+                             placement=self.policy.placement, spread_ties=self.policy.is_default_placement)
         self.loader.on_load = lambda outcome: self.metrics.loads.labels(outcome).inc()
         self.forwarder = Forwarder(self.table, self.loader, self.runtimes, self.clock, settings.max_attempts,
                                    self.metrics)
         self.tasks = TaskSet("router")
         self.management = Management(settings, self.registry, self.table, self.loader, self.runtimes, self.clock, self.tasks)
-        self.admin = Admin(self.registry, self.table, self.clock, self.management.status)
+        self.admin = Admin(self.registry, self.table, self.clock, self.management.status, self.policy.live)
         self.frontdoor = FrontDoor(self.forwarder, self.table, settings.default_timeout_s, self.metrics)
         self.scaler = Scaler(settings, self.table, self.loader, self.forwarder, self.management, self.clock)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
@@ -68,6 +76,7 @@ class RouterServer:
     async def start(self) -> None:
         await self.store.start()
         await self.mirror.start()
+        self.policy.follow(self.mirror)
         opts = [("grpc.max_send_message_length", self.settings.max_message_bytes),
                 ("grpc.max_receive_message_length", self.settings.max_message_bytes)]
         server = grpc.aio.server(options=opts)
@@ -89,13 +98,24 @@ class RouterServer:
         m.registered.set_function(lambda: len(self.mirror.models))
         m.instances.set_function(lambda: len(self.mirror.instances))
         m.loaded_copies.set_function(lambda: sum(len(c) for c in self.mirror.copies.values()))
+        m.failing_models.set_function(self._failing_models)
+        m.track_copies(self._loaded_copies)
         if self.settings.metrics_listen:
-            self.metrics_port = m.serve(self.settings.metrics_listen)
+            m.serve(self.settings.metrics_listen)
+            self.metrics_port = m.port
         self.tasks.spawn(self.scaler.run(), "scaler")
         self.management.vmodels.resume()
         self.frontdoor.set_ready(True)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("router serving on %s", self.endpoint)
+
+    def _loaded_copies(self) -> dict[str, int]:
+        copies = self.mirror.copies
+        return {m: sum(c.state == rec.LOADED for c in copies.get(m, {}).values()) for m in self.mirror.models}
+
+    def _failing_models(self) -> int:
+        now, ttl = self.clock.now_ms(), self.policy.live.tunable("failure_ttl_s", self.settings.failure_ttl_s)
+        return sum(1 for m in list(self.mirror.models.values()) if active_failures(m, now, ttl))
 
     async def _set_health(self, status: int) -> None:
         res = self.health.set("", status)

@@ -18,6 +18,7 @@ class RouterSettings(CommonSettings):
     failure_ttl_s: float = 900.0
     #: Active failures after which a model is LOADING_FAILED until they expire.
     max_load_failures: int = 3
+    #: (The next four may be overridden live by the policy document's ``router`` section.)
     #: Another copy is added when requests/min per copy exceed this (ModelMesh: 2000).
     scale_up_rpm: int = 2000
     #: Extra copies (beyond a model's min copies, at least 1) unused this long are released.
@@ -28,3 +29,9 @@ class RouterSettings(CommonSettings):
     max_message_bytes: ByteSize = 256 * 2**20
     #: Attempts for one inference (other copies, reloads) within its deadline.
     max_attempts: int = 4
+    #: A policy document (JSON or YAML) used while the registry's ``config/policy``
+    #: key is unset; "" = none (built-in defaults). README "Policies".
+    policy_file: str = ""
+    #: Per-model metric labels (``meshserve_model_requests_total{model,code}``,
+    #: ``meshserve_model_copies{model}``); off: thousands of models, thousands of series.
+    metrics_per_model: bool = False

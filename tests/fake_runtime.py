@@ -34,6 +34,8 @@ class FakeRuntime(spi_grpc.ModelRuntimeServicer, v2_grpc.GRPCInferenceServiceSer
         self.lease_ttl_s = lease_ttl_s
         self.fail_models: dict[str, str] = {}
         self.loads: dict[str, int] = {}
+        #: Models whose loadModel said the mesh was full (the churn-guard header).
+        self.mesh_full_loads: list[str] = []
         self.infers = 0
         self.loaded: OrderedDict[str, None] = OrderedDict()
         self.lease = 0
@@ -80,6 +82,8 @@ class FakeRuntime(spi_grpc.ModelRuntimeServicer, v2_grpc.GRPCInferenceServiceSer
     async def loadModel(self, request, context):  # noqa: N802
         mid = request.modelId
         self.loads[mid] = self.loads.get(mid, 0) + 1
+        if ("meshserve-mesh-full", "1") in tuple(context.invocation_metadata() or ()):
+            self.mesh_full_loads.append(mid)
         await self.registry.put_copy(rec.CopyRecord(mid, self.instance_id, rec.LOADING), lease=self.lease)
         await asyncio.sleep(self.load_delay_s)
         if mid in self.fail_models:

@@ -24,11 +24,12 @@ from tests.deploy_support import meshserve_containers, pod_specs, rendered, vari
 from mesh.cli import build_parser
 from mesh.settings import CommonSettings, parse_host_port
 
-#: Flags each process takes, as issues #3 (runtime) and #5 (router) specify them.
+#: Flags each process takes, as issues #3 (runtime), #5 (router) and #7 (policy) specify them.
 DOCUMENTED_FLAGS = {
     "runtime": {"--listen", "--etcd", "--mesh", "--capacity", "--cache-dir", "--storage-config",
-                "--metrics-listen", "--device", "--advertise", "--instance-id", "--labels", "--zone"},
-    "router": {"--listen", "--etcd", "--mesh", "--metrics-listen"},
+                "--metrics-listen", "--device", "--advertise", "--instance-id", "--labels", "--zone",
+                "--policy-file", "--eviction-policy"},
+    "router": {"--listen", "--etcd", "--mesh", "--metrics-listen", "--policy-file"},
 }
 #: (module, class) of each process's settings.
 SETTINGS_CLASSES = {

@@ -24,12 +24,17 @@ VARIANTS = sorted(variants())
 #: 1.27) and the newest the schemas know.
 K8S_VERSIONS = ["1.27.0", kubernetes_validate.utils.latest_version()]
 CRD_KINDS = {"ServiceMonitor"}
-#: Metric names of issue #7 that the dashboard is built on.
+#: Metric names of issue #7 that the dashboard is built on (README "Metrics"; the
+#: end-to-end test in tests/test_metrics_e2e.py scrapes them from real processes).
 METRICS = {
     "meshserve_requests_total", "meshserve_request_seconds", "meshserve_cache_hits_total",
     "meshserve_cache_misses_total", "meshserve_model_loads_total", "meshserve_model_load_seconds",
     "meshserve_model_unloads_total", "meshserve_evictions_total", "meshserve_models_loaded",
     "meshserve_capacity_bytes", "meshserve_used_bytes",
+    "meshserve_load_queue_seconds", "meshserve_cache_miss_seconds", "meshserve_lru_age_seconds",
+    "meshserve_age_at_eviction_seconds", "meshserve_models_by_copies", "meshserve_models_with_failures",
+    "meshserve_puller_bytes_total", "meshserve_puller_pull_seconds", "meshserve_puller_cache_hits_total",
+    "meshserve_etcd_errors_total", "meshserve_policy_revision", "meshserve_policy_errors_total",
 }
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
 
@@ -249,7 +254,8 @@ def test_dashboard_is_shipped_as_a_config_map_built_on_the_metric_names() -> Non
     used = {re.sub(r"_(bucket|sum|count)$", "", m) for e in exprs for m in re.findall(r"\bmeshserve_[a-z_]+", e)}
     assert used == METRICS, f"unknown: {used - METRICS}, unused: {METRICS - used}"
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
-    for topic in ("request rate", "latency", "hit ratio", "evictions", "models loaded", "capacity"):
+    for topic in ("request rate", "latency", "hit ratio", "evictions", "models loaded", "capacity", "queue",
+                  "lru age", "copies per model", "puller", "etcd", "policy"):
         assert topic in titles
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))

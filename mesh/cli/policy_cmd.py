@@ -1,17 +1,90 @@
-"""`meshserve policy`."""
+"""`meshserve policy get|set|validate`: the policy document (README "Policies").
+
+``get`` and ``set`` go through the router's MeshAdmin Get/SetPolicy; ``validate``
+checks a file offline (no router needed) unless ``--router-side`` asks the router
+(which also resolves user policies' import paths in the router's environment).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
-from mesh.cli.pending import add_passthrough, not_yet
+import grpc
 
-HELP = "(not in this build yet: issue #7)"
+from mesh.cli.client_cmds import ClientSettings
+from mesh.errors import InvalidArgument, MeshError
+from mesh.grpc_errors import from_rpc_error
+
+HELP = "show, set or validate the policy document (eviction, placement, router tunables)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_passthrough(p)
+    p.add_argument("action", choices=["get", "set", "validate"],
+                   help="get: the document in effect; set FILE: validate and store it (every router and runtime "
+                        "applies it within a second); validate [FILE]: check it offline")
+    p.add_argument("file", nargs="?", help="JSON or YAML document; '-' or none (validate) reads stdin")
+    p.add_argument("--router", help="router HOST:PORT (env MESHSERVE_ROUTER; default 127.0.0.1:8033)")
+    p.add_argument("--expected-revision", type=int, default=0,
+                   help="set: only if the stored document is still at this revision (from get)")
+    p.add_argument("--router-side", action="store_true", help="validate: ask the router instead of checking locally")
+    p.add_argument("--json", action="store_true", help="print JSON only")
+
+
+def _read(path: str | None) -> str:
+    if path in (None, "-"):
+        return sys.stdin.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise InvalidArgument(f"cannot read {path}: {e.strerror}") from None
+
+
+def _print(args: argparse.Namespace, document: str, revision: int, what: str) -> None:
+    doc = json.loads(document)
+    if args.json:
+        print(json.dumps({"revision": revision, "document": doc}, indent=2, sort_keys=True))
+        return
+    if what == "valid":
+        print("valid; as the processes will read it:")
+    else:
+        print(f"{what} (revision {revision}{': not set in etcd, the router runs on its --policy-file or the defaults' if not revision else ''})")
+    print(json.dumps(doc, indent=2, sort_keys=True))
 
 
 def run(args: argparse.Namespace) -> int:
-    return not_yet("policy", 7)
+    from mesh.policy.document import dumps, parse_document
+
+    if args.action == "set" and not args.file:
+        raise InvalidArgument("policy set needs a FILE (or '-' for stdin)")
+    if args.action == "validate" and not args.router_side:
+        doc = parse_document(_read(args.file), source=args.file or "stdin")
+        _print(args, dumps(doc), 0, "valid")
+        return 0
+    from mesh.proto.meshserve.v1 import admin_pb2 as adm
+    from mesh.proto.meshserve.v1 import admin_pb2_grpc as adm_grpc
+
+    settings = ClientSettings(**({"router": args.router} if args.router else {}))
+    channel = grpc.insecure_channel(settings.router)
+    try:
+        stub = adm_grpc.MeshAdminStub(channel)
+        if args.action == "get":
+            got = stub.GetPolicy(adm.GetPolicyRequest(), timeout=settings.timeout_s)
+            _print(args, got.document, got.revision, "policy")
+            return 0
+        req = adm.SetPolicyRequest(document=_read(args.file), expected_revision=args.expected_revision,
+                                   validate_only=args.action == "validate")
+        out = stub.SetPolicy(req, timeout=settings.timeout_s)
+        _print(args, out.document, out.revision, "valid" if args.action == "validate" else "stored")
+        return 0
+    except grpc.RpcError as e:
+        code = e.code()  # type: ignore[attr-defined]
+        if code == grpc.StatusCode.UNAVAILABLE:
+            raise MeshError(f"cannot reach the router at {settings.router} ({e.details()}); "  # type: ignore[attr-defined]
+                            "start one (meshserve up) or set --router / MESHSERVE_ROUTER") from None
+        print(f"meshserve policy {args.action}: {code.name}: {from_rpc_error(e)}", file=sys.stderr)
+        return 1
+    finally:
+        channel.close()

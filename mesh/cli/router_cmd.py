@@ -15,6 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_registry_arguments(p)
     p.add_argument("--metrics-listen", dest="metrics_listen",
                    help="HOST:PORT for Prometheus metrics (env MESHSERVE_METRICS_LISTEN)")
+    p.add_argument("--policy-file", dest="policy_file",
+                   help="policy document (JSON/YAML) used while the registry's config/policy is unset "
+                        "(env MESHSERVE_POLICY_FILE)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import asyncio
 from typing import Any
 
 from mesh.cli.common import add_registry_arguments, build_settings, run_until_signal, setup_logging
-from mesh.fetcher import Fetcher
+from mesh.fetcher import Fetcher, PullObserver
 from mesh.runtime.settings import RuntimeSettings
 
 HELP = "run a model runtime: loads models on command, evicts LRU, serves KServe V2 inference"
@@ -30,9 +30,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--labels", help="k=v,k2=v2 labels for placement")
     p.add_argument("--zone", help="failure zone for placement")
+    p.add_argument("--eviction-policy", help="lru, lfu, gdsf, ttl, package.module:function or a JSON spec; used when "
+                   "the policy document sets none for this runtime (env MESHSERVE_EVICTION_POLICY; default lru)")
+    p.add_argument("--policy-file", help="policy document (JSON/YAML) used while the registry's config/policy is "
+                   "unset (env MESHSERVE_POLICY_FILE)")
 
 
-def make_fetcher(settings: RuntimeSettings) -> Fetcher:
+def make_fetcher(settings: RuntimeSettings, observer: PullObserver | None = None) -> Fetcher:
     """The puller, sharing the runtime's cache dir and storage config.
 
     Its other settings (cache budget, retries, part sizes...) come from the same
@@ -46,7 +50,7 @@ def make_fetcher(settings: RuntimeSettings) -> Fetcher:
         overrides["cache_dir"] = settings.cache_dir
     if settings.storage_config:
         overrides["storage_config"] = settings.storage_config
-    return PullerFetcher(PullerSettings(**overrides))
+    return PullerFetcher(PullerSettings(**overrides), observer=observer)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,10 +58,12 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level)
 
     async def main(stop: asyncio.Event) -> int:
+        from mesh.runtime.metrics import RuntimeMetrics
         from mesh.runtime.server import RuntimeServer
 
-        fetcher = make_fetcher(settings)
-        server = RuntimeServer(settings, fetcher)
+        metrics = RuntimeMetrics(per_model=settings.metrics_per_model)
+        fetcher = make_fetcher(settings, metrics)
+        server = RuntimeServer(settings, fetcher, metrics=metrics)
         try:
             await server.start()
             print(f"runtime {server.instance_id} ready on {server.endpoint}", flush=True)

@@ -40,8 +40,11 @@ def _kv(kv: Any) -> KeyValue:
 class EtcdStore:
     """One etcd endpoint. Every call is bounded by ``timeout_s``."""
 
-    def __init__(self, endpoint: str, *, timeout_s: float = 5.0, connect_timeout_s: float | None = None) -> None:
+    def __init__(self, endpoint: str, *, timeout_s: float = 5.0, connect_timeout_s: float | None = None,
+                 on_error: Callable[[str], None] | None = None) -> None:
         self.endpoint = endpoint
+        #: Called with the operation's name ("get", "put", "watch"...) when one fails (metrics).
+        self._on_error = on_error
         self.description = f"etcd at {endpoint}"
         self._host, self._port = parse_host_port(endpoint, what="etcd endpoint")
         self._timeout = timeout_s
@@ -84,7 +87,12 @@ class EtcdStore:
                 await self._client.connect()
             return await fn()
         except grpc.RpcError as e:
+            self._failed(what)
             raise RegistryUnavailable(f"{self.description}: {what} failed ({_describe(e)})") from None
+
+    def _failed(self, what: str) -> None:
+        if self._on_error is not None:
+            self._on_error(what)
 
     # -- keys --------------------------------------------------------------
 
@@ -232,6 +240,7 @@ class EtcdStore:
                     call.cancel()
             except grpc.RpcError as e:
                 failures += 1
+                self._failed("watch")
                 log.info("watch on %s broke (%s); resuming from revision %d", self.description, _describe(e), next_rev)
             # Backoff with jitter before re-watching; etcd may be restarting.
             await asyncio.sleep(min(2.0, 0.05 * 2 ** min(failures, 6)) * (0.5 + random.random()))

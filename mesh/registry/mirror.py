@@ -117,6 +117,8 @@ class RegistryMirror:
             except WatchCompacted as e:
                 log.warning("registry watch compacted (%s); reloading the mirror", e)
                 await self._load()
+                # The policy may have changed in the gap: its listeners re-read it.
+                self._notify(ParsedKey("policy", "policy"), self.policy)
 
     def _apply_kv(self, kv: KeyValue) -> None:
         self._apply(kv.key, kv.value, kv.mod_revision)
@@ -142,6 +144,9 @@ class RegistryMirror:
                 self.corrupt_records += 1
                 log.error("registry key %s holds a corrupt value, ignored: %s", key.decode(errors="replace"), e)
         self._store_record(parsed, record, revision)
+        self._notify(parsed, record)
+
+    def _notify(self, parsed: ParsedKey, record: Any) -> None:
         for listener in self._listeners:
             try:
                 listener(parsed, record)

@@ -3,53 +3,29 @@
 Each model is charged ``max(predicted, measured)`` bytes, fixed while it stays
 loaded (an allocator that reuses an evicted model's memory must not make the
 next model look free); ``used`` is the sum. A load first reserves its predicted
-size (so concurrent loads cannot oversubscribe), evicting least-recently-used
-models that have no requests in flight; when it finishes, the reservation
-becomes the final charge (evicting more if the measurement came out larger).
+size (so concurrent loads cannot oversubscribe), evicting models the eviction
+policy picks (never one with requests in flight); when it finishes, the
+reservation becomes the final charge (evicting more if the measurement came
+out larger).
 
-The victim choice is a pure function over a frozen view (:class:`EntryView`),
-so other policies (LFU, GDSF, idle TTL: issue #7) plug in as
-``EvictionPolicy`` without touching this class. Everything here runs on the
-event loop; nothing blocks and nothing is unloaded here (the caller does it).
+The victim choice is a pure function over a frozen view
+(:mod:`mesh.policy.eviction`: LRU by default, LFU, GDSF, idle TTL, or a user's);
+this class builds the view, applies the decision and keeps the policy's aging
+value. The policy can be swapped at any time (a live policy change). Everything
+here runs on the event loop; nothing blocks and nothing is unloaded here (the
+caller does it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.clock import Clock
 from mesh.errors import ResourceExhausted
+from mesh.policy.eviction import LRU, CacheView, EntryView, EvictionPolicy, candidates, lru_victims
 
-
-@dataclass(frozen=True, slots=True)
-class EntryView:
-    model_id: str
-    size: int
-    #: Monotonic seconds of the last request (or of the load).
-    last_used: float
-    in_flight: int
-
-
-#: (loaded models, bytes to free) -> model ids to evict, in order; None if the
-#: policy cannot free that much.
-EvictionPolicy = Callable[[Sequence[EntryView], int], list[str] | None]
-
-
-def lru_victims(entries: Sequence[EntryView], needed: int) -> list[str] | None:
-    """Least recently used first, skipping models with requests in flight."""
-    if needed <= 0:
-        return []
-    victims, freed = [], 0
-    for e in sorted(entries, key=lambda e: (e.last_used, e.model_id)):
-        if e.in_flight:
-            continue
-        victims.append(e.model_id)
-        freed += e.size
-        if freed >= needed:
-            return victims
-    return None
+__all__ = ["Entry", "EntryView", "EvictionPolicy", "ModelCache", "lru_victims"]
 
 
 @dataclass(slots=True)
@@ -65,10 +41,17 @@ class Entry:
     measured: int = 0
     model: Any = None
     in_flight: int = 0
+    #: Requests since loaded (the load counts as one).
+    uses: int = 0
+    loaded_at: float = 0.0
+    load_seconds: float = 0.0
+    #: The cache's aging value at the last use (LFU-DA, GDSF).
+    credit: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def view(self) -> EntryView:
-        return EntryView(self.model_id, self.size, self.last_used, self.in_flight)
+        return EntryView(self.model_id, self.size, self.last_used, self.in_flight, max(self.uses, 1),
+                         self.loaded_at, self.load_seconds, self.credit)
 
 
 def _mib(n: int) -> str:
@@ -76,11 +59,17 @@ def _mib(n: int) -> str:
 
 
 class ModelCache:
-    def __init__(self, capacity: int, clock: Clock, policy: EvictionPolicy = lru_victims) -> None:
+    def __init__(self, capacity: int, clock: Clock, policy: EvictionPolicy = LRU) -> None:
         self.capacity = capacity
         self._clock = clock
-        self._policy = policy
+        self.policy = policy
+        #: The policy's aging value (GreedyDual's L): only grows while the cache lives.
+        self.aging = 0.0
         self._entries: dict[str, Entry] = {}
+
+    def set_policy(self, policy: EvictionPolicy) -> None:
+        """Swaps the eviction policy; loaded models keep their statistics."""
+        self.policy = policy
 
     # -- reading -----------------------------------------------------------
 
@@ -105,25 +94,41 @@ class ModelCache:
     def oldest_lru_ms(self) -> int:
         return min((e.last_used_ms for e in self._entries.values() if e.loaded), default=0)
 
+    def view(self, *, exclude: str = "", min_age_s: float = 0.0) -> CacheView:
+        """The loaded models (but ``exclude``) as the policy sees them now."""
+        entries = tuple(e.view() for e in self._entries.values() if e.loaded and e.model_id != exclude)
+        return CacheView(entries, self._clock.monotonic(), self.aging, min_age_s)
+
+    def expired(self) -> list[str]:
+        """Models the policy's idle expiry says to unload now (``ttl``); [] for others."""
+        if self.policy.expired is None:
+            return []
+        return self.policy.expired(self.view())
+
     # -- changing ----------------------------------------------------------
 
     def touch(self, entry: Entry) -> None:
+        """A request used the model."""
         entry.last_used = self._clock.monotonic()
         entry.last_used_ms = self._clock.now_ms()
+        entry.uses += 1
+        entry.credit = self.aging
 
-    def reserve(self, model_id: str, model_type: str, predicted: int) -> list[Entry]:
+    def reserve(self, model_id: str, model_type: str, predicted: int, *, mesh_full: bool = False) -> list[Entry]:
         """Adds a loading entry charged ``predicted``; returns the evicted entries.
 
-        Raises ResourceExhausted (changing nothing) when eviction cannot make room.
+        ``mesh_full``: the router placed this load here with no room anywhere, so
+        the policy's churn guard (``min_age_s``) applies. Raises ResourceExhausted
+        (changing nothing) when eviction cannot make room.
         """
         if model_id in self._entries:
             raise ValueError(f"{model_id} is already in the cache")
-        victims = self._make_room(model_id, predicted)
+        victims = self._make_room(model_id, predicted, guard=mesh_full)
         now = self._clock.monotonic()
         self._entries[model_id] = Entry(model_id, model_type, predicted, predicted, now, self._clock.now_ms())
         return victims
 
-    def commit(self, model_id: str, model: Any, measured: int) -> list[Entry]:
+    def commit(self, model_id: str, model: Any, measured: int, load_seconds: float = 0.0) -> list[Entry]:
         """The load finished: charge max(predicted, measured); returns entries evicted
         to fit a measurement larger than the prediction. On ResourceExhausted the
         entry stays reserved; the caller removes it and unloads the model."""
@@ -131,19 +136,26 @@ class ModelCache:
         final = max(entry.predicted, measured)
         victims = self._make_room(model_id, final - entry.size, exclude=model_id, what="its measured size needs")
         entry.size, entry.measured, entry.model, entry.loaded = final, measured, model, True
+        entry.loaded_at, entry.load_seconds = self._clock.monotonic(), load_seconds
         self.touch(entry)
         return victims
 
     def remove(self, model_id: str) -> Entry | None:
         return self._entries.pop(model_id, None)
 
-    def _make_room(self, model_id: str, needed: int, exclude: str = "", what: str = "it needs") -> list[Entry]:
+    def _make_room(self, model_id: str, needed: int, exclude: str = "", what: str = "it needs",
+                   guard: bool = False) -> list[Entry]:
         free = self.free
         if needed <= free:
             return []
-        views = [e.view() for e in self._entries.values() if e.loaded and e.model_id != exclude]
-        chosen = self._policy(views, needed - free)
+        min_age = self.policy.min_age_s if guard else 0.0
+        view = self.view(exclude=exclude, min_age_s=min_age)
+        chosen = self.policy.victims(view, needed - free)
+        if chosen is not None and (set(chosen.victims) - {e.model_id for e in candidates(view)}
+                                   or sum(self._entries[m].size for m in set(chosen.victims)) < needed - free):
+            chosen = None  # a user policy naming too little, busy or unknown models cannot make room
         if chosen is None:
+            views = view.entries
             idle = sum(v.size for v in views if not v.in_flight)
             busy = sum(v.size for v in views if v.in_flight)
             loading = sum(e.size for e in self._entries.values() if not e.loaded and e.model_id != exclude)
@@ -151,5 +163,8 @@ class ModelCache:
                 f"no room for model {model_id!r}: {what} {_mib(needed)}, {_mib(max(free, 0))} are free of "
                 f"{_mib(self.capacity)} capacity; evicting every idle model would free {_mib(idle)} "
                 f"({_mib(busy)} held by models with requests in flight, {_mib(loading)} by loads in progress)"
+                + (f"; the churn guard keeps models loaded less than {min_age:g}s ago (the mesh is full)"
+                   if min_age else "")
             )
-        return [self._entries.pop(m) for m in chosen]
+        self.aging = max(self.aging, chosen.aging)
+        return [self._entries.pop(m) for m in dict.fromkeys(chosen.victims)]

@@ -29,6 +29,13 @@ MODEL_ID_HEADER = "mm-model-id"
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 
 
+def _model_label(context: grpc.aio.ServicerContext, fallback: str) -> str:
+    try:
+        return model_id_from(context, fallback)
+    except errors.MeshError:
+        return ""
+
+
 def model_id_from(context: grpc.aio.ServicerContext, fallback: str) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == MODEL_ID_HEADER and value:
@@ -104,8 +111,8 @@ class InferenceServicer:
             code = "INTERNAL"
             raise
         finally:
-            self._metrics.requests.labels("ModelInfer", code).inc()
-            self._metrics.request_seconds.labels("ModelInfer").observe(time.perf_counter() - started)
+            self._metrics.observe_request("ModelInfer", code, time.perf_counter() - started,
+                                          _model_label(context, request.model_name) if self._metrics.per_model else "")
 
     async def _infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         model_id = model_id_from(context, request.model_name)

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from mesh.clock import Clock
 from mesh.errors import DeadlineExceeded, InvalidArgument, MeshError, ModelLoadFailed, NotFound, Unavailable
@@ -32,6 +31,7 @@ from mesh.fetcher import Fetcher, local_path, redact_uri
 from mesh.registry.ids import validate_id
 from mesh.runtime.backends import BackendRegistry, LoadedModel
 from mesh.runtime.cache import Entry, ModelCache
+from mesh.runtime.listener import LoadListener, parse_key
 from mesh.runtime.metrics import RuntimeMetrics
 from mesh.runtime.rate import RequestRate
 from mesh.runtime.settings import RuntimeSettings
@@ -41,30 +41,6 @@ log = logging.getLogger(__name__)
 
 #: How long an unload waits for requests still running on the model.
 UNLOAD_DRAIN_S = 30.0
-
-
-class LoadListener(Protocol):
-    def loading(self, model_id: str) -> None: ...
-
-    def loaded(self, model_id: str, size_bytes: int) -> None: ...
-
-    def removed(self, model_id: str) -> None: ...
-
-    def changed(self) -> None:
-        """Counts, sizes or LRU times changed (the instance record is stale)."""
-        ...
-
-
-def parse_key(model_id: str, key: str) -> dict[str, Any]:
-    """The model key as a dict. ModelMesh keys are opaque, usually JSON; a key that
-    is not a JSON object is kept as ``{"key": <text>}``."""
-    if not key.strip():
-        return {}
-    try:
-        data = json.loads(key)
-    except ValueError:
-        return {"key": key}
-    return data if isinstance(data, dict) else {"key": key}
 
 
 class ModelManager:
@@ -105,6 +81,7 @@ class ModelManager:
         self._idle = asyncio.Event()
         self._idle.set()
         metrics.capacity_bytes.set(capacity)
+        metrics.loads_in_progress.set_function(lambda: len(self._loads))
 
     # -- queries -----------------------------------------------------------
 
@@ -147,8 +124,10 @@ class ModelManager:
         if not self.accepting:
             raise Unavailable(f"runtime is shutting down: load model {model_id!r} elsewhere")
 
-    async def load(self, model_id: str, model_type: str, path: str, key: str) -> int:
-        """Loads (or joins the load in progress); returns the charged size in bytes."""
+    async def load(self, model_id: str, model_type: str, path: str, key: str, *, mesh_full: bool = False) -> int:
+        """Loads (or joins the load in progress); returns the charged size in bytes.
+
+        ``mesh_full``: the router found no room anywhere (the churn guard applies)."""
         self.check_request(model_id, model_type)
         if not path.strip():
             raise InvalidArgument(f"model {model_id!r}: modelPath is empty")
@@ -158,7 +137,7 @@ class ModelManager:
         task = self._loads.get(model_id)
         if task is None:
             task = asyncio.get_running_loop().create_task(
-                self._load(model_id, model_type, path, parse_key(model_id, key)), name=f"load-{model_id}"
+                self._load(model_id, model_type, path, parse_key(model_id, key), mesh_full), name=f"load-{model_id}"
             )
             self._loads[model_id] = task
             task.add_done_callback(functools.partial(self._load_done, model_id))
@@ -172,19 +151,22 @@ class ModelManager:
         if not task.cancelled():
             task.exception()  # mark retrieved: callers saw it already
 
-    async def _load(self, model_id: str, model_type: str, path: str, key: dict[str, Any]) -> int:
+    async def _load(self, model_id: str, model_type: str, path: str, key: dict[str, Any], mesh_full: bool) -> int:
         backend = self.backends.get(model_type)
         unloading = self._unloading.get(model_id)
         if unloading is not None:  # its files must be released before this load pins them again
             await asyncio.shield(unloading)
         self._listener.loading(model_id)
         result = "failure"
+        queued = self._clock.monotonic()
         try:
             async with self._slots:
-                self._metrics.loads_in_progress.set(len(self._loads))
+                self._metrics.load_queue_seconds.observe(self._clock.monotonic() - queued)
+                started = self._clock.monotonic()
                 fetched = await self._fetcher.fetch(model_id, path, key)
                 try:
-                    size = await self._load_fetched(model_id, model_type, backend, fetched.path, fetched.size_bytes, key)
+                    size = await self._load_fetched(model_id, model_type, backend, fetched.path, fetched.size_bytes,
+                                                    key, started, mesh_full)
                 except ModelLoadFailed as e:
                     await self._fetcher.release(model_id)
                     if str(fetched.path) != path:  # name the source, not just the cached copy
@@ -212,13 +194,15 @@ class ModelManager:
             self._update_gauges()
 
     async def _load_fetched(
-        self, model_id: str, model_type: str, backend: Any, path: Path, file_bytes: int, key: dict[str, Any]
+        self, model_id: str, model_type: str, backend: Any, path: Path, file_bytes: int, key: dict[str, Any],
+        started: float, mesh_full: bool,
     ) -> int:
+        """Reserves room (evicting), loads in a thread, commits the measured size.
+        ``started``: when the load got its slot (the fetch is part of its cost)."""
         predicted = max(predict_size(file_bytes, self._s.size_prediction_factor, self._s.size_overhead), 1)
-        victims = self.cache.reserve(model_id, model_type, predicted)
+        victims = self.cache.reserve(model_id, model_type, predicted, mesh_full=mesh_full)
         self._update_gauges()
         timeout = self._s.load_timeout_base_s + self._s.load_timeout_per_gb_s * predicted / 1e9
-        started = self._clock.monotonic()
         try:
             # Victims leave before the newcomer allocates (their memory is really free).
             await self._unload_entries(victims, "evicted")
@@ -235,7 +219,7 @@ class ModelManager:
                 ) from None
             measured = max(measured, model.allocated_bytes)
             try:
-                evicted = self.cache.commit(model_id, model, measured)
+                evicted = self.cache.commit(model_id, model, measured, self._clock.monotonic() - started)
             except MeshError:
                 await self._in_thread(model.unload, pool=self._unload_pool)
                 raise
@@ -245,7 +229,8 @@ class ModelManager:
         await self._unload_entries(evicted, "evicted")
         entry = self.cache.get(model_id)
         assert entry is not None
-        self._metrics.load_seconds.observe(self._clock.monotonic() - started)
+        self._metrics.load_seconds.observe(entry.load_seconds)
+        self._metrics.model_size_bytes.observe(entry.size)
         log.info("loaded model %r (%s) from %s: predicted %d, measured %d, charged %d bytes",
                  model_id, model_type, path, predicted, measured, entry.size)
         return entry.size
@@ -298,6 +283,12 @@ class ModelManager:
             dropped = True
         return dropped
 
+    async def expire_idle(self) -> list[str]:
+        """Unloads the models the eviction policy's idle expiry names (``ttl``)."""
+        entries = [e for e in (self.cache.remove(m) for m in self.cache.expired()) if e is not None]
+        await self._unload_entries(entries, "expired")
+        return [e.model_id for e in entries]
+
     async def _unload_entries(self, entries: list[Entry], reason: str) -> None:
         """Unloads entries already removed from the cache (no new request can reach
         them); requests still running on one are waited for, bounded. Runs to the
@@ -322,18 +313,21 @@ class ModelManager:
                     await asyncio.sleep(0.005)
                 model: LoadedModel | None = entry.model
                 entry.model = None
+                unload_started = self._clock.monotonic()
                 try:
                     if model is not None:
                         await self._in_thread(model.unload, pool=self._unload_pool)
+                        self._metrics.unload_seconds.observe(self._clock.monotonic() - unload_started)
                     await self._fetcher.release(entry.model_id)
                 except Exception:  # noqa: BLE001 - one failed unload must not stop the others
                     log.exception("unloading model %r failed", entry.model_id)
             finally:
                 self._metrics.unloads.labels(reason).inc()
-                if reason == "evicted":
-                    self._metrics.evictions.inc()
-                    log.info("evicted model %r (%d bytes, idle since %d ms epoch)", entry.model_id, entry.size,
-                             entry.last_used_ms)
+                if reason in ("evicted", "expired"):
+                    self._metrics.evicted(self.cache.policy.name, "capacity" if reason == "evicted" else "idle",
+                                          self._clock.monotonic() - entry.last_used)
+                    log.info("%s model %r (%s policy; %d bytes, idle since %d ms epoch)", reason, entry.model_id,
+                             self.cache.policy.name, entry.size, entry.last_used_ms)
                 self._listener.removed(entry.model_id)
                 done[entry.model_id].set_result(None)
                 if self._unloading.get(entry.model_id) is done[entry.model_id]:
@@ -392,7 +386,6 @@ class ModelManager:
     def _update_gauges(self) -> None:
         self._metrics.models_loaded.set(len(self.cache.loaded()))
         self._metrics.used_bytes.set(self.cache.used)
-        self._metrics.loads_in_progress.set(len(self._loads))
         self._listener.changed()
 
     def close(self) -> None:

@@ -32,6 +32,7 @@ from mesh.runtime import inference, spi
 from mesh.runtime.backends import BackendRegistry
 from mesh.runtime.loader import ModelManager
 from mesh.runtime.metrics import RuntimeMetrics
+from mesh.runtime.policy import RuntimePolicy
 from mesh.runtime.registration import Registration, RuntimeStats
 from mesh.runtime.settings import RuntimeSettings
 from mesh.runtime.sizing import check_device, derive_capacity
@@ -62,14 +63,16 @@ def advertised(listen: str, port: int, advertise: str) -> str:
 
 class RuntimeServer:
     def __init__(self, settings: RuntimeSettings, fetcher: Fetcher, *, clock: Clock | None = None,
-                 backends: BackendRegistry | None = None) -> None:
+                 backends: BackendRegistry | None = None, metrics: RuntimeMetrics | None = None) -> None:
         self.settings = settings
         self._fetcher = fetcher
         self._clock = clock or SystemClock()
         self._backends = backends or BackendRegistry.default(settings.intra_op_threads, settings.model_types)
         self.instance_id = settings.instance_id
         self.version = runtime_version()
-        self.metrics = RuntimeMetrics()
+        #: The entry point passes the metrics it also gave the fetcher (puller metrics).
+        self.metrics = metrics or RuntimeMetrics(per_model=settings.metrics_per_model)
+        self._policy: RuntimePolicy | None = None
         self.endpoint = ""
         self.ready = False
         self._server: grpc.aio.Server | None = None
@@ -91,7 +94,8 @@ class RuntimeServer:
                 capacity = await loop.run_in_executor(None, derive_capacity, s.device, s.capacity_reserve)
             except (RuntimeError, ValueError) as e:
                 raise FailedPrecondition(f"cannot derive the capacity: {e}") from None
-        self._store = EtcdStore(s.etcd, timeout_s=s.etcd_timeout_s)
+        self._policy = RuntimePolicy(s, self.metrics)  # a bad --policy-file stops the start here
+        self._store = EtcdStore(s.etcd, timeout_s=s.etcd_timeout_s, on_error=self.metrics.etcd_error)
         await self._store.start()
         metrics_endpoint = self.metrics.serve(s.metrics_listen) if s.metrics_listen else ""
 
@@ -123,6 +127,8 @@ class RuntimeServer:
         self._registration = registration
         self._manager = ModelManager(s, capacity, backends=self._backends, fetcher=self._fetcher,
                                      clock=self._clock, metrics=self.metrics, listener=registration)
+        self.metrics.track_lru_age(self._manager.cache.oldest_lru_ms, self._clock.now_ms)
+        await self._policy.start(self._manager, self._store, KeySchema(s.mesh))
         try:
             await loop.run_in_executor(None, self._backends.warm_up, s.device)
         except Exception as e:  # noqa: BLE001 - a broken framework install, reported plainly
@@ -165,6 +171,8 @@ class RuntimeServer:
         if self._manager is not None:
             self._manager.accepting = False
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._policy is not None:
+            await self._policy.stop()
         if self._registration is not None:
             await self._registration.mark_shutting_down()
         if self._manager is not None and not await self._manager.wait_idle(grace):

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, field_validator
 from pydantic_settings import NoDecode
 
+from mesh.policy.document import eviction_setting
 from mesh.settings import ByteSize, CommonSettings, OptionalByteSize, check_host_port
 
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
@@ -54,6 +55,7 @@ def parse_list(value: Any) -> tuple[str, ...]:
 
 
 NameList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(parse_list)]
+EvictionSetting = Annotated[Any, NoDecode, BeforeValidator(eviction_setting)]
 
 
 class RuntimeSettings(CommonSettings):
@@ -116,6 +118,16 @@ class RuntimeSettings(CommonSettings):
     shutdown_grace_s: float = 10.0
     #: Instance-record updates are coalesced: at most one write per this interval.
     record_interval_s: float = 1.0
+    #: Eviction policy when the policy document sets none for this runtime: ``lru``,
+    #: ``lfu``, ``gdsf``, ``ttl``, ``package.module:function``, or a JSON spec such as
+    #: ``{"policy": "ttl", "idle_s": 60}`` (README "Policies").
+    eviction_policy: EvictionSetting = Field(default="lru", validate_default=True)
+    #: A policy document (JSON or YAML) used while the registry's ``config/policy``
+    #: key is unset; "" = none (built-in defaults).
+    policy_file: str = ""
+    #: Per-model metric labels (``meshserve_model_requests_total{model,code}``); off by
+    #: default: thousands of models would mean thousands of series.
+    metrics_per_model: bool = False
 
     @field_validator("listen", "advertise", "metrics_listen")
     @classmethod

@@ -34,6 +34,15 @@ INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 ID_INJECTION_PATH = [1]
 
 
+#: Request header a router sets on loadModel when no eligible runtime had room:
+#: the load may evict, but the eviction policy's churn guard applies.
+MESH_FULL_HEADER = "meshserve-mesh-full"
+
+
+def mesh_full(context: grpc.aio.ServicerContext) -> bool:
+    return any(k == MESH_FULL_HEADER and v in ("1", "true") for k, v in context.invocation_metadata() or ())
+
+
 class ModelRuntimeServicer:
     def __init__(
         self,
@@ -61,7 +70,8 @@ class ModelRuntimeServicer:
 
     @translate_errors
     async def loadModel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        size = await self._manager.load(request.modelId, request.modelType, request.modelPath, request.modelKey)
+        size = await self._manager.load(request.modelId, request.modelType, request.modelPath, request.modelKey,
+                                        mesh_full=mesh_full(context))
         await self._flush(request.modelId)
         return pb.LoadModelResponse(sizeInBytes=size)
 

@@ -1,0 +1,70 @@
+"""What the router's and the runtime's Prometheus metrics share.
+
+Each process keeps its metrics on its own explicit registry (never the global
+one) and serves them on ``--metrics-listen``. Shared here: the request families
+(``meshserve_requests_total{method,code}``, ``meshserve_request_seconds{method}``),
+etcd operation errors, the policy in effect, per-model request counts (only
+when the process's ``metrics_per_model`` setting is on: thousands of models
+would otherwise mean thousands of series) and the /metrics HTTP server.
+README "Metrics" lists every name with its ModelMesh counterpart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from mesh.settings import parse_host_port
+
+
+class MetricsBase:
+    def __init__(self, request_buckets: Sequence[float], *, per_model: bool = False) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.per_model = per_model
+        self.requests = Counter("meshserve_requests", "Requests handled, by gRPC method and status code.",
+                                ["method", "code"], registry=r)
+        self.request_seconds = Histogram("meshserve_request_seconds", "Request latency, by gRPC method.",
+                                         ["method"], buckets=tuple(request_buckets), registry=r)
+        self.etcd_errors = Counter("meshserve_etcd_errors", "Registry (etcd) operations that failed, by operation.",
+                                   ["op"], registry=r)
+        self.policy_revision = Gauge("meshserve_policy_revision",
+                                     "etcd revision of the policy document in effect (0: file or defaults).",
+                                     registry=r)
+        self.policy_errors = Counter("meshserve_policy_errors",
+                                     "Policy documents this process refused to apply (the old one stayed).",
+                                     registry=r)
+        self.model_requests = Counter(
+            "meshserve_model_requests", "Inference requests by model and code (only with metrics_per_model).",
+            ["model", "code"], registry=r) if per_model else None
+        self._server: Any = None
+        self.endpoint = ""
+
+    def observe_request(self, method: str, code: str, seconds: float, model_id: str = "") -> None:
+        self.requests.labels(method, code).inc()
+        self.request_seconds.labels(method).observe(seconds)
+        if self.model_requests is not None and model_id:
+            self.model_requests.labels(model_id, code).inc()
+
+    def etcd_error(self, op: str) -> None:
+        self.etcd_errors.labels(op).inc()
+
+    def serve(self, listen: str) -> str:
+        """Starts the /metrics HTTP server (its own thread); returns HOST:PORT bound."""
+        host, port = parse_host_port(listen, what="metrics-listen")
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._server = server
+        self.endpoint = f"{host}:{server.server_port}"
+        return self.endpoint
+
+    @property
+    def port(self) -> int:
+        return int(self.endpoint.rpartition(":")[2]) if self.endpoint else 0
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
