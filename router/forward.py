@@ -32,8 +32,8 @@ _DROP = {"mm-model-id", "mm-vmodel-id", "mm-model-id-bin", "mm-vmodel-id-bin", "
          "content-type", "te", "grpc-accept-encoding", "grpc-encoding", "grpc-timeout", "accept-encoding"}
 
 
-def model_name_from(metadata: Metadata, body: bytes | None) -> tuple[str, bool]:
-    """(name, is_vmodel_first) for a request. Header ids win over the body."""
+def model_name_from(metadata: Metadata, body: bytes | None) -> tuple[str, str]:
+    """(name, where it came from: "model", "vmodel" or "body"). Header ids win over the body."""
     found: dict[str, str] = {}
     for k, v in metadata:
         if k in ("mm-model-id", "mm-vmodel-id"):
@@ -47,13 +47,13 @@ def model_name_from(metadata: Metadata, body: bytes | None) -> tuple[str, bool]:
     if "mm-model-id" in found and "mm-vmodel-id" in found:
         raise InvalidArgument("send either mm-model-id or mm-vmodel-id, not both")
     if "mm-model-id" in found:
-        return found["mm-model-id"], False
+        return found["mm-model-id"], "model"
     if "mm-vmodel-id" in found:
-        return found["mm-vmodel-id"], True
+        return found["mm-vmodel-id"], "vmodel"
     name = read_field1(body) if body is not None else ""
     if not name:
         raise InvalidArgument("no model named: set model_name in the request or an mm-model-id header")
-    return name, True
+    return name, "body"
 
 
 class Forwarder:
@@ -71,16 +71,22 @@ class Forwarder:
         self.last_used: dict[str, float] = {}
 
     def resolve(self, metadata: Metadata, body: bytes | None) -> str:
-        name, vmodel_first = model_name_from(metadata, body)
-        if not vmodel_first:
-            return self._table.resolve(name, vmodel_first=False)
-        if any(k.startswith("mm-vmodel-id") for k, _ in metadata):
-            return self._table.resolve_vmodel(name)
-        return self._table.resolve(name, vmodel_first=True)
+        return self._resolve(metadata, body)[0]
+
+    def _resolve(self, metadata: Metadata, body: bytes | None) -> tuple[str, str]:
+        """(concrete model id, the id the body names)."""
+        name, source = model_name_from(metadata, body)
+        if source == "model":
+            model_id = self._table.resolve(name, vmodel_first=False)
+        elif source == "vmodel":
+            model_id = self._table.resolve_vmodel(name)
+        else:
+            return self._table.resolve(name, vmodel_first=True), name
+        return model_id, read_field1(body) if body is not None else ""
 
     async def forward(self, method: str, body: bytes, metadata: Metadata, timeout_s: float) -> bytes:
-        model_id = self.resolve(metadata, body)
-        if read_field1(body) != model_id:
+        model_id, body_name = self._resolve(metadata, body)
+        if body_name != model_id:
             # The body names a vmodel (or another id than the header): inject the
             # concrete id, as ModelMesh does for runtimes declaring idInjectionPath [1].
             body = replace_field1(body, model_id)
