@@ -66,14 +66,24 @@ def _inprocess_sender(path: Path, payload: bytes) -> Send:
     return send
 
 
-async def _measure(name: str, send: Send, model: str, payloads: dict[str, bytes],
-                   args: argparse.Namespace) -> tuple[Recorder, Recorder, dict[str, float]]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _measure(name: str, send: Send, model: str, payloads: dict[str, bytes], args: argparse.Namespace,
+                   pids: dict[str, int]) -> tuple[Recorder, Recorder, dict[str, float]]:
+    """Open loop, then closed loop; ``lag`` gains the CPU each process spent per saturated request."""
     for _ in range(args.warmup):
         await send(model, payloads[model])
     lat = Recorder(f"{name}")
     lag = await open_loop(send, [model], payloads, args.rate, args.seconds, lat, seed=args.seed)
     sat = Recorder(f"{name} saturated")
+    before = {k: cpu_seconds(p) for k, p in pids.items()}
     await closed_loop(send, [model], payloads, args.callers, args.seconds, sat)
+    for k, p in pids.items():
+        lag[f"cpu_ms_per_request_{k}"] = round((cpu_seconds(p) - before[k]) * 1e3 / max(sat.ok, 1), 4)
     return lat, sat, lag
 
 
@@ -101,7 +111,12 @@ def hot_frames(raw: Path, top: int = 15) -> dict[str, Any]:
         for f in set(frames):
             incl[f] += int(n)
     share = lambda c: [(f, round(100 * v / max(total, 1), 1)) for f, v in c.most_common(top)]  # noqa: E731
-    return {"samples": total, "self_pct": share(self_t), "inclusive_pct": share(incl)}
+    ours = Counter({f: v for f, v in incl.items() if any(m in f for m in _OURS)})
+    return {"samples": total, "self_pct": share(self_t), "inclusive_pct": share(incl),
+            "inclusive_pct_meshserve_and_grpc": share(ours)}
+
+
+_OURS = ("router/", "mesh/", "grpc/", "prometheus_client/", "google/protobuf")
 
 
 async def run(args: argparse.Namespace) -> Path:
@@ -117,16 +132,19 @@ async def run(args: argparse.Namespace) -> Path:
             runtime_ep = next(i.endpoint for i in status.instances if model in i.model_ids)
             results: dict[str, tuple[Recorder, Recorder, dict[str, float]]] = {}
             profile: dict[str, Any] = {}
-            results["router"] = await _measure("router", routed, model, models.payloads, args)
+            pids = {"client": os.getpid()}
+            if mesh.local is not None and mesh.local.router_proc is not None:
+                pids |= {"router": mesh.local.router_proc.proc.pid, "runtime": mesh.local.procs[0].proc.pid}
+            results["router"] = await _measure("router", routed, model, models.payloads, args, pids)
             async with grpc.aio.insecure_channel(runtime_ep, options=harness.GRPC_OPTIONS) as rch:
-                results["direct"] = await _measure("direct", grpc_sender(rch), model, models.payloads, args)
+                results["direct"] = await _measure("direct", grpc_sender(rch), model, models.payloads, args, pids)
             results["in-process"] = await _measure(
                 "in-process", _inprocess_sender(models.paths[model], models.payloads[model]), model,
-                models.payloads, args)
+                models.payloads, args, pids)
             if args.profile and mesh.local is not None and mesh.local.router_proc is not None:
                 profile = await _profile(mesh.local.router_proc.proc.pid, routed, model, models.payloads, args, out)
 
-    summary = {k: {"open_loop": lat.summary(), "generator_lag": lag, "saturated": sat.summary()}
+    summary = {k: {"open_loop": lat.summary(), "generator_lag_and_cpu": lag, "saturated": sat.summary()}
                for k, (lat, sat, lag) in results.items()}
     r, d = summary["router"], summary["direct"]
 
