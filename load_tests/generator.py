@@ -88,6 +88,7 @@ async def open_loop(send: Send, models: Sequence[str], payloads: dict[str, bytes
         task.add_done_callback(inflight.discard)
     if inflight:
         await asyncio.gather(*inflight)
+    rec.active_s += time.perf_counter() - start
     lag = np.asarray(lags or [0.0])
     return {"intended_requests": int(len(arrivals)), "lag_p50_ms": round(float(np.percentile(lag, 50)) * 1e3, 3),
             "lag_p99_ms": round(float(np.percentile(lag, 99)) * 1e3, 3), "lag_max_ms": round(float(lag.max()) * 1e3, 3)}
@@ -107,6 +108,8 @@ async def closed_loop(send: Send, models: Sequence[str], payloads: dict[str, byt
             rec.sent(t - t0, model)
             await timed_call(send, model, payloads[model], t, t0, rec)
 
+    start = time.perf_counter()
     async with asyncio.TaskGroup() as tg:
         for _ in range(callers):
             tg.create_task(caller())
+    rec.active_s += time.perf_counter() - start

@@ -32,6 +32,9 @@ class Recorder:
     trace: list[tuple[float, str]] = field(default_factory=list)
     first_t: float | None = None
     last_t: float = 0.0
+    #: Seconds the drivers ran for this recorder; when several phases (rounds) feed one
+    #: recorder, rates use this rather than first-to-last.
+    active_s: float = 0.0
 
     def sent(self, t: float, model: str) -> None:
         if self.keep_trace:
@@ -59,7 +62,7 @@ class Recorder:
         return round(self.hist.get_value_at_percentile(p) / 1000, 3) if self.ok else 0.0
 
     def summary(self) -> dict[str, Any]:
-        span = self.last_t - (self.first_t or 0.0)
+        span = self.active_s or (self.last_t - (self.first_t or 0.0))
         total = sum(self.codes.values())
         return {
             "requests": total, "ok": self.ok, "errors": total - self.ok,

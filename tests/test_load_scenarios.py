@@ -73,7 +73,7 @@ def test_cold_storm_smoke(tmp_path: Path) -> None:
 @pytest.mark.timeout(240)
 def test_churn_smoke(tmp_path: Path) -> None:
     s = run_scenario(tmp_path, "churn", "--models", "4", "--seconds", "2", "--rate", "30", "--churners", "2",
-                     "--churn-models", "20")
+                     "--churn-rate", "5")
     assert_latency(s["baseline"])
     assert s["churn_cycles"] > 0
     # A model unregistered a moment ago is NOT_FOUND, never served nor an internal error.

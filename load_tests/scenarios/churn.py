@@ -2,7 +2,8 @@
 
 Two phases of the same open-loop Zipf traffic over a stable set of models: first alone
 (baseline), then with churners cycling new models through register -> first inference ->
-unregister -> one more inference (which must be NOT_FOUND). Reported: the stable
+unregister -> one more inference (which must be NOT_FOUND), paced at ``--churn-rate`` cycles/s
+in all (a set load, not as fast as the machine allows, so runs compare). Reported: the stable
 traffic's latency and errors by code in each phase, and every churn operation's codes.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import time
 from pathlib import Path
 
@@ -33,14 +35,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=100.0, help="open-loop requests/s on the stable models")
     p.add_argument("--seconds", type=float, default=30.0, help="length of each phase")
     p.add_argument("--churners", type=int, default=4, help="concurrent register/infer/unregister cycles")
-    p.add_argument("--churn-models", type=int, default=2000, help="upper bound on models cycled")
+    p.add_argument("--churn-rate", type=float, default=10.0, help="cycles started per second, all churners together")
     p.add_argument("--zipf", type=float, default=1.0)
 
 
 async def _churner(stub: mm_grpc.ModelMeshStub, send: Send, pool: ModelSet, ids: list[str],
-                   recs: dict[str, Recorder], stop_at: float, t0: float) -> int:
-    """Cycles models from ``ids`` (shared, consumed) until the deadline; returns cycles done."""
+                   recs: dict[str, Recorder], stop_at: float, t0: float, interval_s: float, offset_s: float) -> int:
+    """Starts a cycle every ``interval_s`` (or when the last one ends, if later) with models from
+    ``ids`` (shared, consumed) until the deadline; returns cycles done."""
     cycles = 0
+    next_at = time.perf_counter() + offset_s
 
     async def op(kind: str, call: object) -> str:
         t = time.perf_counter()
@@ -52,7 +56,9 @@ async def _churner(stub: mm_grpc.ModelMeshStub, send: Send, pool: ModelSet, ids:
         recs[kind].done(t - t0, time.perf_counter() - t0, code)
         return code
 
-    while ids and time.perf_counter() < stop_at:
+    while ids and next_at < stop_at:
+        await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+        next_at += interval_s
         m = ids.pop()
         info = mm.ModelInfo(type="onnx", path=f"file://{pool.paths[m]}")
         if await op("register", stub.registerModel(mm.RegisterModelRequest(modelId=m, modelInfo=info), timeout=60)) != "OK":
@@ -68,7 +74,8 @@ async def run(args: argparse.Namespace) -> Path:
     out = harness.out_dir(args, NAME)
     async with harness.open_mesh(args) as mesh:
         stable = make_models(mesh.work_dir / "models", args.models, prefix="stable", seed=args.seed)
-        pool = make_models(mesh.work_dir / "models", args.churn_models, prefix="churn", seed=args.seed + 1)
+        pool = make_models(mesh.work_dir / "models", math.ceil(args.churn_rate * args.seconds) + args.churners,
+                           prefix="churn", seed=args.seed + 1)
         draws = Zipf(args.models, args.zipf, args.seed).draw(int(args.rate * args.seconds * 1.3) + 10)
         seq = [stable.ids[int(i)] for i in draws]
         async with mesh.channel() as ch:
@@ -86,9 +93,10 @@ async def run(args: argparse.Namespace) -> Path:
             stub = mm_grpc.ModelMeshStub(ch)
             ids = list(reversed(pool.ids))
             t0 = time.perf_counter()
+            interval = args.churners / args.churn_rate
             async with asyncio.TaskGroup() as tg:
-                churners = [tg.create_task(_churner(stub, send, pool, ids, ops, t0 + args.seconds, t0))
-                            for _ in range(args.churners)]
+                churners = [tg.create_task(_churner(stub, send, pool, ids, ops, t0 + args.seconds, t0, interval,
+                                                    i * interval / args.churners)) for i in range(args.churners)]
                 lag_churn = await open_loop(send, seq, stable.payloads, args.rate, args.seconds, churned,
                                             seed=args.seed, t0=t0)
             s2 = await probe.snapshot()
