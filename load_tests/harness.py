@@ -9,6 +9,7 @@ import os
 import platform
 import shlex
 import tempfile
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ class Mesh:
     target: str
     router_metrics: str = ""
     local: LocalMesh | None = None
+    #: Prefix for the model ids a run registers: empty on a fresh local mesh, unique per run on
+    #: a given ``--target`` so a rerun neither collides with nor reuses an earlier run's models.
+    tag: str = ""
     work_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="loadtest-")))
 
     def channel(self) -> grpc.aio.Channel:
@@ -51,7 +55,7 @@ async def open_mesh(args: argparse.Namespace, *, runtimes: int | None = None, ca
     """The given ``--target``, or a local mesh (etcd + runtimes + a router *process*, so the
     router never shares this client's interpreter), stopped on exit."""
     if args.target:
-        yield Mesh(args.target, args.router_metrics)
+        yield Mesh(args.target, args.router_metrics, tag=f"lt{uuid.uuid4().hex[:8]}-")
         return
     work = Path(tempfile.mkdtemp(prefix="loadtest-"))
     metrics = f"127.0.0.1:{free_port()}"
@@ -61,7 +65,7 @@ async def open_mesh(args: argparse.Namespace, *, runtimes: int | None = None, ca
                       router_process=True)
     try:
         await local.start()
-        yield Mesh(local.endpoint, metrics, local, work)
+        yield Mesh(local.endpoint, metrics, local, work_dir=work)
     finally:
         await local.stop()
 

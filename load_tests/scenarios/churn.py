@@ -73,9 +73,9 @@ async def _churner(stub: mm_grpc.ModelMeshStub, send: Send, pool: ModelSet, ids:
 async def run(args: argparse.Namespace) -> Path:
     out = harness.out_dir(args, NAME)
     async with harness.open_mesh(args) as mesh:
-        stable = make_models(mesh.work_dir / "models", args.models, prefix="stable", seed=args.seed)
+        stable = make_models(mesh.work_dir / "models", args.models, prefix=f"{mesh.tag}stable", seed=args.seed)
         pool = make_models(mesh.work_dir / "models", math.ceil(args.churn_rate * args.seconds) + args.churners,
-                           prefix="churn", seed=args.seed + 1)
+                           prefix=f"{mesh.tag}churn", seed=args.seed + 1)
         draws = Zipf(args.models, args.zipf, args.seed).draw(int(args.rate * args.seconds * 1.3) + 10)
         seq = [stable.ids[int(i)] for i in draws]
         async with mesh.channel() as ch:

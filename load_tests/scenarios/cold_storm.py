@@ -41,7 +41,7 @@ async def _wave(name: str, send: object, ids: list[str], payloads: dict[str, byt
 async def run(args: argparse.Namespace) -> Path:
     out = harness.out_dir(args, NAME)
     async with harness.open_mesh(args) as mesh:
-        models = make_models(mesh.work_dir / "models", args.models, size_bytes=args.size_bytes, prefix="storm",
+        models = make_models(mesh.work_dir / "models", args.models, size_bytes=args.size_bytes, prefix=f"{mesh.tag}storm",
                              seed=args.seed)
         async with mesh.channel() as ch:
             reg = await register_all(ch, models)

@@ -138,7 +138,7 @@ _OURS = ("router/", "mesh/", "grpc/", "prometheus_client/", "google/protobuf")
 async def run(args: argparse.Namespace) -> Path:
     out = harness.out_dir(args, NAME)
     async with harness.open_mesh(args) as mesh:
-        models = make_models(mesh.work_dir / "models", 1, prefix="overhead", seed=args.seed)
+        models = make_models(mesh.work_dir / "models", 1, prefix=f"{mesh.tag}overhead", seed=args.seed)
         model = models.ids[0]
         async with mesh.channel() as ch:
             codes = await register_all(ch, models)

@@ -44,7 +44,7 @@ def rss_bytes(pid: int) -> int:
 
 
 async def _register(stub: mm_grpc.ModelMeshStub, path: Path, lo: int, hi: int, concurrency: int,
-                    rec: Recorder, t0: float) -> None:
+                    rec: Recorder, t0: float, tag: str) -> None:
     info = mm.ModelInfo(type="onnx", path=f"file://{path}")
     ids = iter(range(lo, hi))
 
@@ -52,7 +52,7 @@ async def _register(stub: mm_grpc.ModelMeshStub, path: Path, lo: int, hi: int, c
         for i in ids:  # shared iterator: each id once, ``concurrency`` in flight
             t = time.perf_counter()
             try:
-                await stub.registerModel(mm.RegisterModelRequest(modelId=f"team-{i % 100:02d}/model-{i:07d}",
+                await stub.registerModel(mm.RegisterModelRequest(modelId=f"{tag}team-{i % 100:02d}/model-{i:07d}",
                                                                  modelInfo=info), timeout=60)
                 code = "OK"
             except grpc.aio.AioRpcError as e:
@@ -83,7 +83,8 @@ async def run(args: argparse.Namespace) -> Path:
     rec = Recorder("registerModel")
     rows: list[dict[str, Any]] = []
     async with harness.open_mesh(args) as mesh:
-        path = make_models(mesh.work_dir / "models", 1, prefix="scale").paths["scale/m000000"]
+        one = make_models(mesh.work_dir / "models", 1, prefix="scale")
+        path = one.paths[one.ids[0]]
         local = mesh.local is not None and mesh.local.router_proc is not None
         router_pid = mesh.local.router_proc.proc.pid if local else 0  # type: ignore[union-attr]
         baseline = await _new_router(mesh, "router-empty") if local else {}
@@ -95,7 +96,7 @@ async def run(args: argparse.Namespace) -> Path:
             for level in levels:
                 lvl = Recorder(f"to {level}")
                 start = time.perf_counter()
-                await _register(stub, path, done, level, args.concurrency, lvl, t0)
+                await _register(stub, path, done, level, args.concurrency, lvl, t0, mesh.tag)
                 took = time.perf_counter() - start
                 for c, n in lvl.codes.items():
                     rec.codes[c] += n

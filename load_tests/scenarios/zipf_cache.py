@@ -71,7 +71,7 @@ async def _one_policy(args: argparse.Namespace, policy: str, draws: list[int], c
                       t0_wall: float) -> dict[str, Any]:
     env = {ENV: policy}
     async with harness.open_mesh(args, capacity=str(capacity), runtime_env=env) as mesh:
-        models = make_models(mesh.work_dir / "models", args.models, size_bytes=args.size_bytes, prefix="zipf",
+        models = make_models(mesh.work_dir / "models", args.models, size_bytes=args.size_bytes, prefix=f"{mesh.tag}zipf",
                              seed=args.seed)
         seq = [models.ids[i] for i in draws]
         async with mesh.channel() as ch:
@@ -104,6 +104,8 @@ async def run(args: argparse.Namespace) -> Path:
     out = harness.out_dir(args, NAME)
     names = [n.strip() for n in args.policies.split(",") if n.strip()]
     support = advertised_policies(names)
+    if args.target:  # a running mesh evicts as it was configured: one run, no policy switching
+        names, support = ["target"], {"target": "", "_honoured": "n/a (--target: the target's own policy)"}
     slots_total = max(1, round(args.fraction * args.models))
     per_runtime = math.ceil(slots_total / max(args.runtimes, 1))
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,8 +133,10 @@ async def run(args: argparse.Namespace) -> Path:
                              "Belady (bound)": min(v["belady_misses"] for v in ran.values())},
                             out / "misses.png", "misses (loads) vs Belady's optimum", "misses")]
     summary = {
-        "models": args.models, "fraction": args.fraction, "nominal_slots": per_runtime * args.runtimes,
-        "capacity_per_runtime_bytes": capacity, "model_file_bytes": file_bytes,
+        "models": args.models, "fraction": args.fraction, "model_file_bytes": file_bytes,
+        # a --target mesh has its own capacity (slots_held is what it held, its other models included)
+        "nominal_slots": None if args.target else per_runtime * args.runtimes,
+        "capacity_per_runtime_bytes": None if args.target else capacity,
         "policy_variable_honoured": support["_honoured"],
         "misses_side_by_side": {k: ({"misses": v["misses"], "belady_misses": v["belady_misses"],
                                      "slots_held": v["slots_held"], "hit_ratio": v["mesh"]["hit_ratio"],
