@@ -3,6 +3,7 @@ local mesh and writes results.json and PNG plots of the expected shape. No timin
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 
 from load_tests.__main__ import main
 from load_tests.belady import belady_misses, lru_misses
+from load_tests.generator import open_loop
 from load_tests.recorder import Recorder
 from load_tests.workload import Zipf
 
@@ -102,3 +104,24 @@ def test_recorder_counts_errors_apart_from_latency() -> None:
     s = rec.summary()
     assert s["ok"] == 1 and s["errors_by_code"] == {"UNAVAILABLE": 1}
     assert s["latency_ms"]["max"] < 3  # the failed call's time is not a latency sample
+
+
+async def test_open_loop_charges_a_stall_to_the_requests_that_waited() -> None:
+    """No coordinated omission: arrivals keep their schedule while the server stalls, and
+    each waiting request's latency runs from when it was meant to be sent."""
+    released = asyncio.Event()
+
+    async def send(model: str, payload: bytes) -> None:
+        await released.wait()
+
+    async def release_later() -> None:
+        await asyncio.sleep(0.3)
+        released.set()
+
+    rec = Recorder("stall")
+    releaser = asyncio.create_task(release_later())
+    lag = await open_loop(send, ["m"], {"m": b""}, rate=200, duration_s=0.25, rec=rec, seed=1)
+    await releaser
+    assert rec.ok == lag["intended_requests"] > 10  # the stall did not thin out the arrivals
+    # The first request waited the whole stall (sleep waits at least that long).
+    assert rec.summary()["latency_ms"]["max"] >= 250

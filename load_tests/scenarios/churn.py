@@ -85,6 +85,8 @@ async def run(args: argparse.Namespace) -> Path:
                 await send(m, stable.payloads[m])
             probe = MeshProbe(ch, mesh.router_metrics)
             base = Recorder("stable traffic, no churn")
+            stop = asyncio.Event()
+            sampler = asyncio.create_task(probe.sample_every(2.0, time.time(), stop))
             s0 = await probe.snapshot()
             lag_base = await open_loop(send, seq, stable.payloads, args.rate, args.seconds, base, seed=args.seed)
             s1 = await probe.snapshot()
@@ -100,6 +102,8 @@ async def run(args: argparse.Namespace) -> Path:
                 lag_churn = await open_loop(send, seq, stable.payloads, args.rate, args.seconds, churned,
                                             seed=args.seed, t0=t0)
             s2 = await probe.snapshot()
+            stop.set()
+            await sampler
     cycles = sum(c.result() for c in churners)
     b, c = base.summary(), churned.summary()
     summary = {
@@ -112,5 +116,7 @@ async def run(args: argparse.Namespace) -> Path:
         "churn_ops": {k: {"codes": dict(r.codes), "latency_ms": r.summary()["latency_ms"]} for k, r in ops.items()},
     }
     pngs = [plots.latency_cdf([base, churned, ops["first_inference"]], out / "latency_cdf.png", "churn: latency"),
-            plots.throughput([base, churned], out / "throughput.png", "churn: stable traffic over time")]
+            plots.throughput([base, churned], out / "throughput.png", "churn: stable traffic over time"),
+            plots.hit_ratio({"all traffic (churned models' first requests are misses)": probe.samples},
+                            out / "hit_ratio.png", "churn: router hit ratio over time (churn starts halfway)")]
     return harness.write_results(out, NAME, args, {"summary": summary}, pngs)
