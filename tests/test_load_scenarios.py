@@ -38,7 +38,8 @@ def assert_latency(summary: dict[str, Any]) -> None:
 
 @pytest.mark.timeout(240)
 def test_overhead_smoke(tmp_path: Path) -> None:
-    s = run_scenario(tmp_path, "overhead", "--seconds", "1", "--rate", "50", "--callers", "2", "--warmup", "10")
+    s = run_scenario(tmp_path, "overhead", "--seconds", "1", "--rate", "50", "--callers", "2", "--warmup", "10",
+                     "--rounds", "1")
     for path in ("router", "direct", "in-process"):
         assert_latency(s[path]["open_loop"])
         assert s[path]["saturated"]["ok_per_s"] > 0

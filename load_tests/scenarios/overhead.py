@@ -145,12 +145,13 @@ async def run(args: argparse.Namespace) -> Path:
             routed = grpc_sender(ch)
             await routed(model, models.payloads[model])  # loads it
             status = await MeshProbe(ch).cluster()
-            runtime_ep = next(i.endpoint for i in status.instances if model in i.model_ids)
+            holder = next(i for i in status.instances if model in i.model_ids)
             profile: dict[str, Any] = {}
             pids = {"client": os.getpid()}
             if mesh.local is not None and mesh.local.router_proc is not None:
-                pids |= {"router": mesh.local.router_proc.proc.pid, "runtime": mesh.local.procs[0].proc.pid}
-            async with grpc.aio.insecure_channel(runtime_ep, options=harness.GRPC_OPTIONS) as rch:
+                pids |= {"router": mesh.local.router_proc.proc.pid,
+                         "runtime": next(rp.proc.pid for rp in mesh.local.procs if rp.instance_id == holder.instance_id)}
+            async with grpc.aio.insecure_channel(holder.endpoint, options=harness.GRPC_OPTIONS) as rch:
                 paths = [_Path("router", routed), _Path("direct", grpc_sender(rch)),
                          _Path("in-process", _inprocess_sender(models.paths[model], models.payloads[model]))]
                 t0 = time.perf_counter()
