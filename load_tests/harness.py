@@ -7,7 +7,9 @@ import datetime
 import json
 import os
 import platform
+import logging
 import shlex
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -21,6 +23,7 @@ import grpc
 from mesh.cli.local_mesh import LocalMesh
 from mesh.etcd_server import free_port
 
+log = logging.getLogger(__name__)
 GRPC_OPTIONS = [("grpc.max_send_message_length", 256 * 2**20), ("grpc.max_receive_message_length", 256 * 2**20)]
 
 
@@ -55,7 +58,11 @@ async def open_mesh(args: argparse.Namespace, *, runtimes: int | None = None, ca
     """The given ``--target``, or a local mesh (etcd + runtimes + a router *process*, so the
     router never shares this client's interpreter), stopped on exit."""
     if args.target:
-        yield Mesh(args.target, args.router_metrics, tag=f"lt{uuid.uuid4().hex[:8]}-")
+        mesh = Mesh(args.target, args.router_metrics, tag=f"lt{uuid.uuid4().hex[:8]}-")
+        try:
+            yield mesh
+        finally:
+            shutil.rmtree(mesh.work_dir, ignore_errors=True)  # model files only: the target keeps its own
         return
     work = Path(tempfile.mkdtemp(prefix="loadtest-"))
     metrics = f"127.0.0.1:{free_port()}"
@@ -63,11 +70,18 @@ async def open_mesh(args: argparse.Namespace, *, runtimes: int | None = None, ca
                       listen=f"127.0.0.1:{free_port()}", capacity=(args.capacity if capacity is None else capacity)
                       or None, data_dir=work / "mesh", metrics_listen=metrics, runtime_env=runtime_env or {},
                       router_process=True)
+    ok = False
     try:
         await local.start()
         yield Mesh(local.endpoint, metrics, local, work_dir=work)
+        ok = True
     finally:
         await local.stop()
+        # etcd data and model files run to hundreds of MB (scale); a failed run keeps them and its logs.
+        if ok:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            log.warning("run failed: mesh logs and data kept in %s", work)
 
 
 def out_dir(args: argparse.Namespace, scenario: str) -> Path:
