@@ -2,7 +2,9 @@
 
 Used by ``meshserve up``, the demo and the load tests. Runtimes are real
 processes (``python -m mesh.cli runtime``), one per simulated pod; the router
-runs in this process. Logs go to ``<data-dir>/logs/``.
+runs in this process, or as its own process (``router_process``: the load tests,
+so a client in this process does not share the router's interpreter).
+Logs go to ``<data-dir>/logs/``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from router.server import RouterServer
 from router.settings import RouterSettings
 
 _READY = re.compile(r"runtime (\S+) ready on (\S+)")
+_ROUTER_READY = re.compile(r"router ready on (\S+)")
 
 
 @dataclass
@@ -35,13 +38,18 @@ class RuntimeProcess:
     log_path: Path
 
     def terminate(self, timeout_s: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait()
+        return _terminate(self.proc, timeout_s)
+
+
+@dataclass
+class RouterProcess:
+    endpoint: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    start_s: float  # spawn to ready: interpreter start plus the full mirror load
+
+    def terminate(self, timeout_s: float = 30.0) -> int:
+        return _terminate(self.proc, timeout_s)
 
 
 @dataclass
@@ -54,8 +62,12 @@ class LocalMesh:
     mesh: str = "default"
     metrics_listen: str | None = None
     runtime_args: tuple[str, ...] = ()
+    #: Extra environment for the runtime processes (e.g. MESHSERVE_EVICTION_POLICY).
+    runtime_env: dict[str, str] = field(default_factory=dict)
+    router_process: bool = False
     procs: list[RuntimeProcess] = field(default_factory=list)
     router: RouterServer | None = None
+    router_proc: RouterProcess | None = None
     local_etcd: LocalEtcd | None = None
 
     async def start(self) -> None:
@@ -68,6 +80,10 @@ class LocalMesh:
             self.etcd = self.local_etcd.endpoint
         starts = [loop.run_in_executor(None, self._spawn_runtime, i) for i in range(self.runtimes)]
         self.procs = list(await asyncio.gather(*starts))
+        if self.router_process:
+            self.router_proc = await loop.run_in_executor(None, self.spawn_router, self.listen, "router",
+                                                          self.metrics_listen)
+            return  # a new router's mirror is loaded (instances included) before it says ready
         self.router = RouterServer(RouterSettings(
             etcd=self.etcd, mesh=self.mesh, listen=self.listen, metrics_listen=self.metrics_listen))
         await self.router.start()
@@ -78,8 +94,24 @@ class LocalMesh:
 
     @property
     def endpoint(self) -> str:
+        if self.router_proc is not None:
+            return self.router_proc.endpoint
         assert self.router is not None
         return self.router.endpoint
+
+    def spawn_router(self, listen: str, name: str, metrics_listen: str | None = None,
+                     timeout_s: float = 600.0) -> RouterProcess:
+        """A ``meshserve router`` process on this mesh; returns once it says ready (blocking)."""
+        assert self.data_dir is not None and self.etcd is not None
+        log_path = self.data_dir / "logs" / f"{name}.log"
+        args = [sys.executable, "-m", "mesh.cli", "router", "--listen", listen, "--etcd", self.etcd,
+                "--mesh", self.mesh]
+        if metrics_listen:
+            args += ["--metrics-listen", metrics_listen]
+        started = time.monotonic()
+        proc = _popen(args, log_path, {})
+        m = _wait_ready(proc, log_path, _ROUTER_READY, name, timeout_s)
+        return RouterProcess(m.group(1), proc, log_path, time.monotonic() - started)
 
     def _spawn_runtime(self, i: int) -> RuntimeProcess:
         assert self.data_dir is not None and self.etcd is not None
@@ -90,31 +122,53 @@ class LocalMesh:
                 "--cache-dir", str(self.data_dir / f"cache-{i}"), *self.runtime_args]
         if self.capacity:
             args += ["--capacity", self.capacity]
-        log = open(log_path, "wb")
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        log.close()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise Unavailable(f"runtime-{i} exited with code {proc.returncode} at start; see {log_path}:\n"
-                                  + log_path.read_text(errors="replace")[-2000:])
-            m = _READY.search(log_path.read_text(errors="replace"))
-            if m:
-                return RuntimeProcess(m.group(1), m.group(2), metrics, proc, log_path)
-            time.sleep(0.05)
-        proc.kill()
-        raise Unavailable(f"runtime-{i} was not ready within 60s; see {log_path}")
+        proc = _popen(args, log_path, self.runtime_env)
+        m = _wait_ready(proc, log_path, _READY, f"runtime-{i}", 60.0)
+        return RuntimeProcess(m.group(1), m.group(2), metrics, proc, log_path)
 
     async def stop(self) -> None:
         if self.router is not None:
             await self.router.stop()
             self.router = None
         loop = asyncio.get_running_loop()
+        if self.router_proc is not None:
+            await loop.run_in_executor(None, self.router_proc.terminate)
+            self.router_proc = None
         await asyncio.gather(*(loop.run_in_executor(None, p.terminate) for p in self.procs))
         self.procs = []
         if self.local_etcd is not None:
             await loop.run_in_executor(None, self.local_etcd.stop)
+
+
+def _terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
+
+
+def _popen(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], log_path: Path, ready: re.Pattern[str], name: str,
+                timeout_s: float) -> re.Match[str]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise Unavailable(f"{name} exited with code {proc.returncode} at start; see {log_path}:\n"
+                              + log_path.read_text(errors="replace")[-2000:])
+        m = ready.search(log_path.read_text(errors="replace"))
+        if m:
+            return m
+        time.sleep(0.05)
+    proc.kill()
+    raise Unavailable(f"{name} was not ready within {timeout_s:.0f}s; see {log_path}")
 
 
 def _free_port() -> int:

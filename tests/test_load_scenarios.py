@@ -1,0 +1,128 @@
+"""The load-test scenarios keep working: each runs in seconds at tiny sizes against a real
+local mesh and writes results.json and PNG plots of the expected shape. No timing is asserted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from load_tests.__main__ import main
+from load_tests.belady import belady_misses, lru_misses
+from load_tests.generator import open_loop
+from load_tests.recorder import Recorder
+from load_tests.workload import Zipf
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def run_scenario(tmp_path: Path, *argv: str) -> dict[str, Any]:
+    out = tmp_path / argv[0]
+    assert main([*argv, "--out", str(out)]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["scenario"] == argv[0] and doc["date"] and doc["machine"]["cpus"]
+    assert doc["plots"], "every run draws plots"
+    for name in doc["plots"]:
+        assert (out / name).read_bytes()[:8] == PNG
+    return dict(doc["summary"])
+
+
+def assert_latency(summary: dict[str, Any]) -> None:
+    assert summary["ok"] > 0 and summary["errors"] == 0, summary["errors_by_code"]
+    lat = summary["latency_ms"]
+    assert set(lat) >= {"p50", "p90", "p99", "p99.9"} and 0 < lat["p50"] <= lat["p99"] <= lat["p99.9"]
+
+
+@pytest.mark.timeout(240)
+def test_overhead_smoke(tmp_path: Path) -> None:
+    s = run_scenario(tmp_path, "overhead", "--seconds", "1", "--rate", "50", "--callers", "2", "--warmup", "10",
+                     "--rounds", "1")
+    for path in ("router", "direct", "in-process"):
+        assert_latency(s[path]["open_loop"])
+        assert s[path]["saturated"]["ok_per_s"] > 0
+    assert s["ratios"]["p50_router_over_direct"] > 0 and s["ratios"]["saturated_rps_router_over_direct"] > 0
+
+
+@pytest.mark.timeout(240)
+def test_zipf_cache_smoke(tmp_path: Path) -> None:
+    s = run_scenario(tmp_path, "zipf-cache", "--models", "8", "--fraction", "0.5", "--size-bytes", "0",
+                     "--seconds", "3", "--rate", "20", "--policies", "lru,no-such-policy")
+    assert "skipped" in s["misses_side_by_side"]["no-such-policy"]
+    lru = s["misses_side_by_side"]["lru"]
+    # Belady's optimum is a lower bound on any policy with the same slots.
+    assert 0 < lru["belady_misses"] <= lru["misses"]
+
+
+@pytest.mark.timeout(240)
+def test_scale_smoke(tmp_path: Path) -> None:
+    s = run_scenario(tmp_path, "scale", "--counts", "40,100")
+    assert [r["registered"] for r in s["levels"]] == [40, 100]
+    for row in s["levels"]:
+        assert row["errors_by_code"] == {} and row["registrations_per_s"] > 0 and row["router_rss_bytes"] > 0
+        assert row["new_router"]["mirrored_models"] == row["registered"]
+
+
+@pytest.mark.timeout(240)
+def test_cold_storm_smoke(tmp_path: Path) -> None:
+    s = run_scenario(tmp_path, "cold-storm", "--models", "12")
+    assert_latency(s["time_to_first_inference"])
+    assert s["time_to_first_inference"]["ok"] == 12
+    assert s["mesh_during_cold_wave"]["loads"] >= 12
+
+
+@pytest.mark.timeout(240)
+def test_churn_smoke(tmp_path: Path) -> None:
+    s = run_scenario(tmp_path, "churn", "--models", "4", "--seconds", "2", "--rate", "30", "--churners", "2",
+                     "--churn-rate", "5")
+    assert_latency(s["baseline"])
+    assert s["churn_cycles"] > 0
+    # A model unregistered a moment ago is NOT_FOUND, never served nor an internal error.
+    assert set(s["churn_ops"]["after_unregister"]["codes"]) == {"NOT_FOUND"}
+
+
+def test_belady_bounds_lru_and_counts_first_references() -> None:
+    trace = list("abcabdabcdeabcde")
+    assert belady_misses(trace, 100) == len(set(trace))
+    for k in (1, 2, 3, 4):
+        assert belady_misses(trace, k) <= lru_misses(trace, k)
+    assert belady_misses(list("abcabc"), 2) == 4  # MIN keeps a, then c: misses a, b, c and the second b
+    assert lru_misses(list("abcabc"), 2) == 6
+
+
+def test_zipf_is_seeded_and_skewed() -> None:
+    a, b = Zipf(50, 1.0, seed=3).draw(2000), Zipf(50, 1.0, seed=3).draw(2000)
+    assert (a == b).all()
+    assert (a == 0).sum() > (a == 49).sum()
+
+
+def test_recorder_counts_errors_apart_from_latency() -> None:
+    rec = Recorder("r")
+    rec.done(0.0, 0.002, "OK")
+    rec.done(0.0, 0.5, "UNAVAILABLE")
+    s = rec.summary()
+    assert s["ok"] == 1 and s["errors_by_code"] == {"UNAVAILABLE": 1}
+    assert s["latency_ms"]["max"] < 3  # the failed call's time is not a latency sample
+
+
+async def test_open_loop_charges_a_stall_to_the_requests_that_waited() -> None:
+    """No coordinated omission: arrivals keep their schedule while the server stalls, and
+    each waiting request's latency runs from when it was meant to be sent."""
+    released = asyncio.Event()
+
+    async def send(model: str, payload: bytes) -> None:
+        await released.wait()
+
+    async def release_later() -> None:
+        await asyncio.sleep(0.3)
+        released.set()
+
+    rec = Recorder("stall")
+    releaser = asyncio.create_task(release_later())
+    lag = await open_loop(send, ["m"], {"m": b""}, rate=200, duration_s=0.25, rec=rec, seed=1)
+    await releaser
+    assert rec.ok == lag["intended_requests"] > 10  # the stall did not thin out the arrivals
+    # The first request waited the whole stall (sleep waits at least that long).
+    assert rec.summary()["latency_ms"]["max"] >= 250
