@@ -45,8 +45,9 @@ class RoutingTable:
         """Returns when the model's record or copies change, or after the timeout."""
         ev = self._copy_events.setdefault(model_id, asyncio.Event())
         try:
-            await asyncio.wait_for(ev.wait(), max(0.0, timeout_s))
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(max(0.0, timeout_s)):
+                await ev.wait()
+        except TimeoutError:
             pass
 
     def drained(self, instance_id: str) -> bool:

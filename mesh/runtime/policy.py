@@ -62,7 +62,9 @@ class RuntimePolicy:
         while True:
             interval = manager.cache.policy.sweep_interval_s
             try:
-                await asyncio.wait_for(self._wake.wait(), interval if interval > 0 else None)
+                # asyncio.timeout, not wait_for: a cancelled 3.11 wait_for can stall shutdown.
+                async with asyncio.timeout(interval if interval > 0 else None):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()

@@ -195,7 +195,10 @@ class Registration:
         while True:
             try:
                 # Also wake now and then: requests_per_min decays with no event.
-                await asyncio.wait_for(self._record_dirty.wait(), RECORD_REFRESH_S)
+                # asyncio.timeout, not wait_for: on 3.11 a wait_for cancelled in this
+                # loop could stall in "cancelling" and hang shutdown (SIGTERM ignored).
+                async with asyncio.timeout(RECORD_REFRESH_S):
+                    await self._record_dirty.wait()
             except TimeoutError:
                 pass
             self._record_dirty.clear()
