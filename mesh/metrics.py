@@ -24,6 +24,7 @@ class MetricsBase:
         self.registry = CollectorRegistry()
         r = self.registry
         self.per_model = per_model
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.requests = Counter("meshserve_requests", "Requests handled, by gRPC method and status code.",
                                 ["method", "code"], registry=r)
         self.request_seconds = Histogram("meshserve_request_seconds", "Request latency, by gRPC method.",
@@ -43,8 +44,13 @@ class MetricsBase:
         self.endpoint = ""
 
     def observe_request(self, method: str, code: str, seconds: float, model_id: str = "") -> None:
-        self.requests.labels(method, code).inc()
-        self.request_seconds.labels(method).observe(seconds)
+        # Label lookups take a lock and build a key: keep the children (hot path).
+        key = (method, code)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.requests.labels(method, code), self.request_seconds.labels(method))
+        children[0].inc()
+        children[1].observe(seconds)
         if self.model_requests is not None and model_id:
             self.model_requests.labels(model_id, code).inc()
 

@@ -19,6 +19,9 @@ class RuntimeClients:
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.keepalive_time_ms", 30_000),
+            # The router retries on other copies itself; gRPC's own retry machinery
+            # would only add per-call bookkeeping on the hot path.
+            ("grpc.enable_retries", 0),
         ]
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._raw: dict[tuple[str, str], Any] = {}
