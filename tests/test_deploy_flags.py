@@ -5,11 +5,8 @@ For every meshserve container of every variant: its args parse with
 process's settings class, and the ports in its args are the ones its
 containerPorts, probes and Services use.
 
-The runtime and router land in parallel with deploy/. Until they do, their
-subcommands are placeholders that accept anything and their settings classes do
-not exist: these checks then fall back to the flags the issues document (#3, #5)
-and to `CommonSettings`, and skip what they cannot check with the reason. They
-tighten by themselves once the real parser and classes are in the tree.
+Nothing here skips: the runtime and router parsers and settings classes are
+the real ones, so a manifest that drifts from the code fails.
 """
 
 from __future__ import annotations
@@ -95,16 +92,6 @@ def settings_class(process: str) -> type | None:
         return None
 
 
-def placeholder(process: str) -> bool:
-    """True while `meshserve PROCESS` is mesh/cli/pending.py's catch-all stand-in
-    (its only argument is the `rest` remainder)."""
-    try:
-        namespace, _ = build_parser().parse_known_args([process])
-    except SystemExit:  # a real parser with required flags
-        return False
-    return hasattr(namespace, "rest")
-
-
 def env_names(cls: type) -> set[str]:
     prefix = cls.model_config.get("env_prefix", "")  # type: ignore[attr-defined]
     names = set()
@@ -130,9 +117,6 @@ def test_args_parse_with_the_meshserve_parser(variant: str, index: int) -> None:
     process = args[0]
     flags = flag_values(args)
     assert set(flags) <= DOCUMENTED_FLAGS[process], f"undocumented flags: {set(flags) - DOCUMENTED_FLAGS[process]}"
-    if placeholder(process):
-        pytest.skip(f"`meshserve {process}` is still a placeholder without flags: "
-                    f"{sorted(flags)} checked against the issue's list only")
     try:
         namespace = build_parser().parse_args(args)
     except SystemExit:  # argparse has printed why
@@ -169,11 +153,7 @@ def test_environment_names_settings_fields(variant: str, index: int) -> None:
     shared: dict[str, Any] = {k.removeprefix("MESHSERVE_").lower(): v for k, v in env.items() if k in common}
     CommonSettings(**shared)
     cls = settings_class(process)
-    if cls is None:
-        unchecked = sorted(set(env) - common)
-        if unchecked:
-            pytest.skip(f"{'.'.join(SETTINGS_CLASSES[process])} is not in this build: {unchecked} unchecked")
-        return
+    assert cls is not None, f"no settings class for `meshserve {process}`"
     unknown = set(env) - env_names(cls)
     assert not unknown, f"{cls.__name__} has no field for {sorted(unknown)}"
 
@@ -186,8 +166,7 @@ def test_settings_build_from_the_manifest(variant: str, index: int, monkeypatch:
     objs, _, _, container = container_case(variant, index)
     process = container["args"][0]
     cls = settings_class(process)
-    if cls is None or placeholder(process):
-        pytest.skip(f"`meshserve {process}` has no settings class or real flags in this build yet")
+    assert cls is not None, f"no settings class for `meshserve {process}`"
     namespace = build_parser().parse_args(container["args"])
     for name, value in env_values(objs, container).items():
         monkeypatch.setenv(name, value)
