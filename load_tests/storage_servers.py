@@ -32,11 +32,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from mesh.etcd_server import free_port
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 20.0) -> None:

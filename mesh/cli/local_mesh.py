@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mesh.errors import Unavailable
-from mesh.etcd_server import LocalEtcd
+from mesh.etcd_server import LocalEtcd, free_port
 from router.server import RouterServer
 from router.settings import RouterSettings
 
@@ -116,7 +116,7 @@ class LocalMesh:
     def _spawn_runtime(self, i: int) -> RuntimeProcess:
         assert self.data_dir is not None and self.etcd is not None
         log_path = self.data_dir / "logs" / f"runtime-{i}.log"
-        metrics = f"127.0.0.1:{_free_port()}"
+        metrics = f"127.0.0.1:{free_port()}"
         args = [sys.executable, "-m", "mesh.cli", "runtime", "--listen", "127.0.0.1:0", "--etcd", self.etcd,
                 "--mesh", self.mesh, "--instance-id", f"runtime-{i}", "--metrics-listen", metrics,
                 "--cache-dir", str(self.data_dir / f"cache-{i}"), *self.runtime_args]
@@ -169,9 +169,3 @@ def _wait_ready(proc: subprocess.Popen[bytes], log_path: Path, ready: re.Pattern
         time.sleep(0.05)
     proc.kill()
     raise Unavailable(f"{name} was not ready within {timeout_s:.0f}s; see {log_path}")
-
-
-def _free_port() -> int:
-    from mesh.etcd_server import free_port
-
-    return free_port()

@@ -48,7 +48,7 @@ async def test_gcs_single_file_and_folder(gcs_server: FakeGcs, make_fetcher: Any
 
 
 async def test_gcs_unreachable_endpoint_is_reported_after_retries(make_fetcher: Any, storage_config_file: Any) -> None:
-    from load_tests.storage_servers import free_port
+    from mesh.etcd_server import free_port
 
     entry = {"type": "gcs", "endpoint_url": f"http://127.0.0.1:{free_port()}", "anonymous": True}
     fetcher = await make_fetcher(storage_config=storage_config_file({"default": entry}))
