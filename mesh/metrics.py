@@ -11,11 +11,14 @@ README "Metrics" lists every name with its ModelMesh counterpart.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from mesh.errors import MeshError
 from mesh.settings import parse_host_port
 
 
@@ -53,6 +56,24 @@ class MetricsBase:
         children[1].observe(seconds)
         if self.model_requests is not None and model_id:
             self.model_requests.labels(model_id, code).inc()
+
+    @contextmanager
+    def track(self, method: str, model_of: Callable[[], str] = lambda: "") -> Iterator[None]:
+        """Counts and times one request by its outcome (the status code a MeshError
+        maps to, INTERNAL for anything else). ``model_of`` names the model, asked
+        only when per-model series are on."""
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            yield
+        except MeshError as e:
+            code = e.code
+            raise
+        except Exception:
+            code = "INTERNAL"
+            raise
+        finally:
+            self.observe_request(method, code, time.perf_counter() - started, model_of() if self.per_model else "")
 
     def etcd_error(self, op: str) -> None:
         self.etcd_errors.labels(op).inc()

@@ -8,7 +8,6 @@ the mirror. Registered as a generic handler so requests arrive as bytes.
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,24 +40,15 @@ def instrumented(method: str) -> Callable[[Any], Any]:
             m = self._metrics
             if m is None:
                 return await fn(self, request, context)  # type: ignore[no-any-return]
-            t0 = time.perf_counter()
-            code = "OK"
-            try:
+
+            def model() -> str:
+                try:
+                    return self._fwd.resolve(context.invocation_metadata() or (), request)
+                except MeshError:
+                    return ""
+
+            with m.track(method, model):
                 return await fn(self, request, context)  # type: ignore[no-any-return]
-            except MeshError as e:
-                code = e.code
-                raise
-            except Exception:
-                code = "INTERNAL"
-                raise
-            finally:
-                model = ""
-                if m.per_model:
-                    try:
-                        model = self._fwd.resolve(context.invocation_metadata() or (), request)
-                    except MeshError:
-                        pass
-                m.observe_request(method, code, time.perf_counter() - t0, model)
 
         return inner
 

@@ -11,7 +11,6 @@ so the cache never evicts a model under a request.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -100,19 +99,8 @@ class InferenceServicer:
 
     @translate_errors
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        started = time.perf_counter()
-        code = "OK"
-        try:
+        with self._metrics.track("ModelInfer", lambda: _model_label(context, request.model_name)):
             return await self._infer(request, context)
-        except errors.MeshError as e:
-            code = e.code
-            raise
-        except Exception:
-            code = "INTERNAL"
-            raise
-        finally:
-            self._metrics.observe_request("ModelInfer", code, time.perf_counter() - started,
-                                          _model_label(context, request.model_name) if self._metrics.per_model else "")
 
     async def _infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         model_id = model_id_from(context, request.model_name)
