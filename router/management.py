@@ -54,7 +54,7 @@ class Management(mm_grpc.ModelMeshServicer):
         self._runtimes = runtimes
         self._clock = clock
         self._tasks = tasks
-        self.vmodels = VModels(self)
+        self.vmodels = VModels(self, settings, registry, table, loader, clock, tasks)
 
     # -- shared helpers (also used by VModels) -----------------------------
 

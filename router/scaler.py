@@ -21,6 +21,7 @@ from mesh.errors import MeshError
 from router.forward import Forwarder
 from router.loader import Loader
 from router.management import Management
+from router.runtimes import RuntimeClients
 from router.settings import RouterSettings
 from router.table import RoutingTable
 
@@ -29,8 +30,9 @@ log = logging.getLogger(__name__)
 
 class Scaler:
     def __init__(self, settings: RouterSettings, table: RoutingTable, loader: Loader, forwarder: Forwarder,
-                 mgmt: Management, clock: Clock) -> None:
+                 mgmt: Management, runtimes: RuntimeClients, clock: Clock) -> None:
         self._s = settings
+        self._runtimes = runtimes
         self._table = table
         self._loader = loader
         self._fwd = forwarder
@@ -87,6 +89,6 @@ class Scaler:
         log.info("model %s idle: releasing its extra copy on %s", model_id, victim)
         try:
             if endpoint:
-                await self._loader._runtimes.unload_model(endpoint, model_id)
+                await self._runtimes.unload_model(endpoint, model_id)
         except grpc.aio.AioRpcError as e:
             log.warning("release of %s on %s failed: %s", model_id, victim, e.details())

@@ -62,7 +62,8 @@ class RouterServer:
         self.management = Management(settings, self.registry, self.table, self.loader, self.runtimes, self.clock, self.tasks)
         self.admin = Admin(self.registry, self.table, self.clock, self.management.status, self.policy.live)
         self.frontdoor = FrontDoor(self.forwarder, self.table, settings.default_timeout_s, self.metrics)
-        self.scaler = Scaler(settings, self.table, self.loader, self.forwarder, self.management, self.clock)
+        self.scaler = Scaler(settings, self.table, self.loader, self.forwarder, self.management,
+                             self.runtimes, self.clock)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self.port = 0

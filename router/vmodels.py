@@ -14,10 +14,16 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from mesh.clock import Clock
 from mesh.errors import FailedPrecondition, MeshError, ModelNotFound
 from mesh.proto.mmesh import model_mesh_pb2 as mm
 from mesh.registry import records as rec
 from mesh.registry.ids import validate_id
+from mesh.registry.registry import Registry
+from mesh.tasks import TaskSet
+from router.loader import Loader
+from router.settings import RouterSettings
+from router.table import RoutingTable
 
 if TYPE_CHECKING:
     from router.management import Management
@@ -26,13 +32,16 @@ log = logging.getLogger(__name__)
 
 
 class VModels:
-    def __init__(self, mgmt: "Management") -> None:
-        self._m = mgmt
+    def __init__(self, mgmt: "Management", settings: RouterSettings, registry: Registry, table: RoutingTable,
+                 loader: Loader, clock: Clock, tasks: TaskSet) -> None:
+        self._m = mgmt  # for register / load / delete, which vmodels share with plain models
+        self._s = settings
+        self._registry = registry
+        self._table = table
+        self._loader = loader
+        self._clock = clock
+        self._tasks = tasks
         self._transitions: set[str] = set()
-
-    @property
-    def _table(self):  # type: ignore[no-untyped-def]
-        return self._m._table
 
     def status(self, request: mm.GetVModelStatusRequest) -> mm.VModelStatusInfo:
         vid = validate_id(request.vModelId, what="vmodel id")
@@ -44,8 +53,8 @@ class VModels:
     def _status(self, vid: str) -> mm.VModelStatusInfo:
         from router.status import vmodel_status
 
-        s = self._m._s
-        return vmodel_status(self._table, vid, self._m._clock.now_ms(), s.failure_ttl_s, s.max_load_failures)
+        s = self._s
+        return vmodel_status(self._table, vid, self._clock.now_ms(), s.failure_ttl_s, s.max_load_failures)
 
     async def set(self, req: mm.SetVModelRequest, context: grpc.aio.ServicerContext) -> mm.VModelStatusInfo:
         vid = validate_id(req.vModelId, what="vmodel id")
@@ -54,7 +63,7 @@ class VModels:
             await self._m.register(target, req.modelInfo, auto_delete=req.autoDeleteTargetModel)
         elif target not in self._table.mirror.models:
             raise ModelNotFound(f"target model {target!r} is not registered: register it or pass modelInfo")
-        now = self._m._clock.now_ms()
+        now = self._clock.now_ms()
 
         def apply(cur: rec.VModelRecord | None) -> rec.VModelRecord:
             if cur is None:
@@ -78,7 +87,7 @@ class VModels:
                                        auto_delete_target=req.autoDeleteTargetModel, updated_ms=now, error="")
 
         before = self._table.mirror.vmodels.get(vid)
-        v = await self._m._registry.update_vmodel(vid, apply)
+        v = await self._registry.update_vmodel(vid, apply)
         assert v is not None
         await self._table.mirror.wait_for(v.mod_revision)
         if before is not None and before.active_model != v.record.active_model:
@@ -101,8 +110,8 @@ class VModels:
             return
         if cur.owner and req.owner != cur.owner:
             raise FailedPrecondition(f"vmodel {vid!r} is owned by {cur.owner!r}, not {req.owner!r}")
-        await self._m._registry.delete_vmodel(vid)
-        await self._table.mirror.wait_for(await self._m._registry.store.revision())
+        await self._registry.delete_vmodel(vid)
+        await self._table.mirror.wait_for(await self._registry.store.revision())
         for model_id in {cur.active_model, cur.target_model}:
             await self._maybe_auto_delete(model_id)
 
@@ -122,7 +131,7 @@ class VModels:
         if vid in self._transitions:
             return None
         self._transitions.add(vid)
-        return self._m._tasks.spawn(self._transition(vid), f"vmodel:{vid}")
+        return self._tasks.spawn(self._transition(vid), f"vmodel:{vid}")
 
     async def _transition(self, vid: str) -> None:
         try:
@@ -132,10 +141,10 @@ class VModels:
             target = v.target_model
             error = ""
             try:
-                await self._m._loader.ensure_loaded(target, self._m._clock.monotonic() + self._m._s.load_timeout_s)
+                await self._loader.ensure_loaded(target, self._clock.monotonic() + self._s.load_timeout_s)
             except MeshError as e:
                 error = f"target model {target!r} failed to load: {e}"
-            now = self._m._clock.now_ms()
+            now = self._clock.now_ms()
 
             def switch(cur: rec.VModelRecord | None) -> rec.VModelRecord | None:
                 if cur is None or cur.target_model != target or cur.status != "TRANSITIONING":
@@ -145,7 +154,7 @@ class VModels:
                 return dataclasses.replace(cur, active_model=target, status="DEFINED", error="", updated_ms=now)
 
             old_active = v.active_model
-            result = await self._m._registry.update_vmodel(vid, switch)
+            result = await self._registry.update_vmodel(vid, switch)
             if result is not None:
                 await self._table.mirror.wait_for(result.mod_revision)
                 if result.record.active_model == target and old_active != target:
