@@ -31,6 +31,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as v2
 from tritonclient.grpc import service_pb2_grpc as v2_grpc
 
+from load_tests.harness import save_json
 from load_tests.storage_servers import MotoS3
 from mesh import modelgen
 from mesh.cli.local_mesh import LocalMesh
@@ -127,9 +128,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="meshserve-cold-") as tmp:
         result = asyncio.run(run([int(s) for s in args.sizes.split(",")], Path(tmp)))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2))
+    save_json(Path(args.out), result)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,14 @@ def machine() -> dict[str, Any]:
             "processor": platform.processor() or platform.machine()}
 
 
+def save_json(out: Path, doc: dict[str, Any]) -> Path:
+    """Writes ``doc`` as ``out/results.json`` (creating ``out``); every benchmark's one output file."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    return path
+
+
 def write_results(out: Path, scenario: str, args: argparse.Namespace, body: dict[str, Any],
                   plots: list[Path]) -> Path:
     doc = {
@@ -106,6 +114,4 @@ def write_results(out: Path, scenario: str, args: argparse.Namespace, body: dict
         **body,
         "plots": [p.name for p in plots],
     }
-    path = out / "results.json"
-    path.write_text(json.dumps(doc, indent=2, default=str))
-    return path
+    return save_json(out, doc)

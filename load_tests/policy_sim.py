@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from load_tests.harness import save_json
 from mesh.policy import eviction as ev
 
 RESULTS = Path(__file__).resolve().parent / "results" / "policy_sim"
@@ -173,8 +173,7 @@ def main() -> None:
         print(f"{'policy':<52} {'misses':>8} {'miss ratio':>10} {'load s on misses':>17}")
         for name, r in rows.items():
             print(f"{name:<52} {r['misses']:>8} {r['miss_ratio']:>10.4f} {r['miss_load_seconds']:>17.1f}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    save_json(RESULTS, report)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from load_tests.harness import save_json
 from load_tests.storage_servers import MotoS3
 from puller.fetcher import PullerFetcher
 from puller.settings import PullerSettings
@@ -183,9 +184,7 @@ def main() -> None:
         result = asyncio.run(bench(args, work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2))
+    save_json(Path(args.out), result)
     print(json.dumps(result, indent=2))
 
 

@@ -18,6 +18,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from load_tests.harness import save_json
 from mesh.etcd_server import LocalEtcd
 from mesh.registry import records as rec
 from mesh.registry.etcd_store import EtcdStore
@@ -82,9 +83,7 @@ def main() -> None:
         result = asyncio.run(bench(args.records, args.concurrency, etcd.endpoint))
     result["machine"] = f"{platform.machine()} {platform.processor() or ''} python {platform.python_version()}".strip()
     result["date"] = time.strftime("%Y-%m-%d")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2))
+    save_json(Path(args.out), result)
     print(json.dumps(result, indent=2))
 
 
