@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
-from mesh.fetcher import redact_uri  # noqa: F401 - re-exported for the puller
+from mesh.fetcher import redact_uri
 from mesh.errors import InvalidArgument, StorageConfigInvalid, UnsafePath
 from mesh.fetcher import local_path
 from puller.storage_config import TYPE_TO_SCHEME, StorageConfig, StorageSpec

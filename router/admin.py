@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -14,6 +15,7 @@ from mesh.grpc_errors import translate_errors
 from mesh.policy.document import PolicyDocument, dumps, parse_document
 from mesh.policy.live import LivePolicy
 from mesh.proto.meshserve.v1 import admin_pb2 as adm
+from mesh.proto.mmesh import model_mesh_pb2 as mm
 from mesh.proto.meshserve.v1 import admin_pb2_grpc as adm_grpc
 from mesh.registry import records as rec
 from mesh.registry.ids import validate_id
@@ -29,7 +31,7 @@ def validate_policy_document(text: str) -> dict[str, Any]:
 
 
 class Admin(adm_grpc.MeshAdminServicer):
-    def __init__(self, registry: Registry, table: RoutingTable, clock: Clock, status_of: Any,
+    def __init__(self, registry: Registry, table: RoutingTable, clock: Clock, status_of: Callable[[str], mm.ModelStatusInfo],
                  policy: LivePolicy | None = None) -> None:
         self._policy = policy
         self._registry = registry

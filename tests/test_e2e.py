@@ -140,7 +140,7 @@ async def test_200_models_room_for_30_every_answer_right_evictions_statuses_true
 
 
 async def test_vmodel_moves_to_a_new_target_without_a_failed_request(client: Client, model_files) -> None:
-    (s1, p1), (s2, p2) = model_files[0], model_files[1]
+    (s1, p1), (_, p2) = model_files[0], model_files[1]
     for mid, path in (("v1", p1), ("v2", p2)):
         await client.mesh.registerModel(mm.RegisterModelRequest(modelId=mid, modelInfo=mm.ModelInfo(type="onnx", path=str(path))))
     await client.mesh.setVModel(mm.SetVModelRequest(vModelId="prod", targetModelId="v1", sync=True))
