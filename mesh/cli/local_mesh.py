@@ -64,6 +64,9 @@ class LocalMesh:
     runtime_args: tuple[str, ...] = ()
     #: Extra environment for the runtime processes (e.g. MESHSERVE_EVICTION_POLICY).
     runtime_env: dict[str, str] = field(default_factory=dict)
+    #: Folders the runtimes may load local model paths from (their --model-roots);
+    #: empty: the data dir, the current folder and the system temp folder.
+    model_roots: tuple[str, ...] = ()
     router_process: bool = False
     procs: list[RuntimeProcess] = field(default_factory=list)
     router: RouterServer | None = None
@@ -119,7 +122,9 @@ class LocalMesh:
         metrics = f"127.0.0.1:{free_port()}"
         args = [sys.executable, "-m", "mesh.cli", "runtime", "--listen", "127.0.0.1:0", "--etcd", self.etcd,
                 "--mesh", self.mesh, "--instance-id", f"runtime-{i}", "--metrics-listen", metrics,
-                "--cache-dir", str(self.data_dir / f"cache-{i}"), *self.runtime_args]
+                "--cache-dir", str(self.data_dir / f"cache-{i}"),
+                "--model-roots", ",".join(self.model_roots or (str(self.data_dir), os.getcwd(), tempfile.gettempdir())),
+                *self.runtime_args]
         if self.capacity:
             args += ["--capacity", self.capacity]
         proc = _popen(args, log_path, self.runtime_env)

@@ -36,6 +36,10 @@ from mesh.runtime.policy import RuntimePolicy
 from mesh.runtime.registration import Registration, RuntimeStats
 from mesh.runtime.settings import RuntimeSettings
 from mesh.runtime.sizing import check_device, derive_capacity
+from mesh.security.auth import runtime_gates
+from mesh.security.guard import GuardedServer, enable_reflection
+from mesh.security.tls import add_port, channel_tls, server_tls
+from mesh.security.tokens import TokenFile
 from mesh.settings import parse_host_port
 
 log = logging.getLogger(__name__)
@@ -95,7 +99,12 @@ class RuntimeServer:
             except (RuntimeError, ValueError) as e:
                 raise FailedPrecondition(f"cannot derive the capacity: {e}") from None
         self._policy = RuntimePolicy(s, self.metrics)  # a bad --policy-file stops the start here
-        self._store = EtcdStore(s.etcd, timeout_s=s.etcd_timeout_s, on_error=self.metrics.etcd_error)
+        tls = server_tls(s.tls_cert, s.tls_key, s.tls_client_ca)
+        if s.spi_client_names and not s.tls_client_ca:
+            raise FailedPrecondition("--spi-client-names needs --tls-client-ca: names come from verified client certificates")
+        spi_tokens = TokenFile(s.spi_token_file) if s.spi_token_file else None
+        self._store = EtcdStore(s.etcd, timeout_s=s.etcd_timeout_s, on_error=self.metrics.etcd_error,
+                                tls=channel_tls(s.etcd_ca, s.etcd_cert, s.etcd_key))
         await self._store.start()
         metrics_endpoint = self.metrics.serve(s.metrics_listen) if s.metrics_listen else ""
 
@@ -105,7 +114,7 @@ class RuntimeServer:
             ("grpc.so_reuseport", 0),  # a second runtime on a taken port must fail, not share it
         ])
         try:
-            port = self._server.add_insecure_port(s.listen)
+            port = add_port(self._server, s.listen, tls)
         except RuntimeError:
             raise FailedPrecondition(f"cannot listen on {s.listen}: the address is in use or not local") from None
         self.endpoint = advertised(s.listen, port, s.advertise)
@@ -141,10 +150,12 @@ class RuntimeServer:
                                            flush_copy=flush)
         infer = inference.InferenceServicer(self._manager, self.instance_id, self.metrics, self.version,
                                             ready=lambda: self.ready)
-        self._server.add_generic_rpc_handlers((runtime.handler(), infer.handler()))
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        # Registered through the guard: SPI calls only from routers, undecodable bodies INVALID_ARGUMENT.
+        guarded = GuardedServer(self._server, runtime_gates(spi_tokens, s.spi_client_names))
+        guarded.add_generic_rpc_handlers((runtime.handler(), infer.handler()))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, guarded)
         names = (spi.SERVICE.full_name, inference.SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, self._server)
+        enable_reflection(names, guarded)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
         await registration.start()
