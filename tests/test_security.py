@@ -229,3 +229,30 @@ def _eventually(cond, timeout_s: float = 20.0) -> bool:  # type: ignore[no-untyp
             return True
         time.sleep(0.1)
     return False
+
+
+async def test_etcd_over_tls_with_client_certificates(tmp_path: Path, pki: LocalPki) -> None:
+    from mesh.errors import RegistryUnavailable
+    from mesh.etcd_server import LocalEtcd
+    from mesh.registry.etcd_store import EtcdStore
+    from mesh.security.tls import ChannelTls
+
+    server_cert = issue(pki.ca, tmp_path, "etcd")
+    with LocalEtcd(tmp_path / "etcd", tls=(str(server_cert.cert), str(server_cert.key), str(pki.ca.cert))) as etcd:
+        plain = EtcdStore(etcd.endpoint, timeout_s=2.0)
+        with pytest.raises(RegistryUnavailable):
+            await plain.start()
+        await plain.close()
+        no_cert = EtcdStore(etcd.endpoint, timeout_s=2.0, tls=ChannelTls(str(pki.ca.cert)))
+        with pytest.raises(RegistryUnavailable):
+            await no_cert.start()
+        await no_cert.close()
+        store = EtcdStore(etcd.endpoint, timeout_s=5.0,
+                          tls=ChannelTls(str(pki.ca.cert), str(pki.client.cert), str(pki.client.key)))
+        await store.start()
+        try:
+            rev = await store.put(b"/t/k", b"v")
+            got = await store.get(b"/t/k")
+            assert got is not None and got.value == b"v" and got.mod_revision == rev
+        finally:
+            await store.close()

@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mesh.errors import Unavailable
 from mesh.etcd_server import LocalEtcd, free_port
@@ -67,6 +68,12 @@ class LocalMesh:
     #: Folders the runtimes may load local model paths from (their --model-roots);
     #: empty: the data dir, the current folder and the system temp folder.
     model_roots: tuple[str, ...] = ()
+    #: Extra router settings (RouterSettings fields: TLS, tokens, runtime CA...).
+    router_options: dict[str, Any] = field(default_factory=dict)
+    #: (certificate, key, client CA) for the local etcd: TLS with client certificates.
+    etcd_tls: tuple[str, str, str] | None = None
+    #: CA file clients verify the router with ("" = plaintext router).
+    client_ca: str = ""
     router_process: bool = False
     procs: list[RuntimeProcess] = field(default_factory=list)
     router: RouterServer | None = None
@@ -78,9 +85,12 @@ class LocalMesh:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
         if self.etcd is None:
-            self.local_etcd = LocalEtcd(self.data_dir / "etcd")
+            self.local_etcd = LocalEtcd(self.data_dir / "etcd", tls=self.etcd_tls)
             await loop.run_in_executor(None, self.local_etcd.start)
             self.etcd = self.local_etcd.endpoint
+        if self.capacity is None and "--device" not in self.runtime_args:
+            # Runtimes on one host share its memory: each derived alone would claim all of it.
+            self.capacity = str(shared_host_capacity(self.runtimes))
         starts = [loop.run_in_executor(None, self._spawn_runtime, i) for i in range(self.runtimes)]
         self.procs = list(await asyncio.gather(*starts))
         if self.router_process:
@@ -88,7 +98,8 @@ class LocalMesh:
                                                           self.metrics_listen)
             return  # a new router's mirror is loaded (instances included) before it says ready
         self.router = RouterServer(RouterSettings(
-            etcd=self.etcd, mesh=self.mesh, listen=self.listen, metrics_listen=self.metrics_listen))
+            etcd=self.etcd, mesh=self.mesh, listen=self.listen, metrics_listen=self.metrics_listen,
+            **self.router_options))
         await self.router.start()
         # Wait until the router's mirror sees every runtime.
         deadline = time.monotonic() + 15
@@ -111,6 +122,9 @@ class LocalMesh:
                 "--mesh", self.mesh]
         if metrics_listen:
             args += ["--metrics-listen", metrics_listen]
+        for k, v in self.router_options.items():
+            flag = "--" + k.replace("_", "-")
+            args += [flag] if v is True else [] if v is False else [flag, str(v)]
         started = time.monotonic()
         proc = _popen(args, log_path, {})
         m = _wait_ready(proc, log_path, _ROUTER_READY, name, timeout_s)
@@ -143,6 +157,21 @@ class LocalMesh:
         self.procs = []
         if self.local_etcd is not None:
             await loop.run_in_executor(None, self.local_etcd.stop)
+
+
+#: Kept back per process (interpreter, libraries, buffers), as a runtime's own reserve.
+PROCESS_RESERVE = 2 * 2**30
+MIN_SHARED_CAPACITY = 256 * 2**20
+
+
+def shared_host_capacity(runtimes: int, host_bytes: int | None = None, reserve: int = PROCESS_RESERVE) -> int:
+    """Model memory per runtime when ``runtimes`` share this host (or its cgroup limit):
+    the host minus one reserve per runtime and one for etcd and the router, divided
+    evenly; at least 256 MiB."""
+    from mesh.runtime.sizing import host_memory_bytes
+
+    total = host_memory_bytes() if host_bytes is None else host_bytes
+    return max(MIN_SHARED_CAPACITY, (total - (runtimes + 1) * reserve) // max(1, runtimes))
 
 
 def _terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> int:

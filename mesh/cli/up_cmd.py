@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from mesh.cli import up_security
 from mesh.cli.common import run_until_signal, setup_logging
 from mesh.settings import parse_bytes, parse_host_port
 
@@ -22,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--demo", action="store_true",
                    help="register generated models, send inference, show placements and an eviction, then exit")
     p.add_argument("--log-level", default="WARNING", help="log level of this process (default WARNING)")
+    up_security.add_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,10 +39,23 @@ def run(args: argparse.Namespace) -> int:
 
         raise InvalidArgument("--runtimes must be at least 1")
     setup_logging(args.log_level)
+    import tempfile
+    from pathlib import Path
+
+    if args.demo and args.auth_token_file:
+        from mesh.errors import InvalidArgument
+
+        raise InvalidArgument("--demo sends no token: leave out --auth-token-file")
+    data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="meshserve-"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    security = up_security.local_security(args, data_dir, local_etcd=not args.etcd)
+    roots = tuple(r.strip() for r in (args.model_roots or "").split(",") if r.strip())
 
     async def main(stop: asyncio.Event) -> int:
         local = LocalMesh(runtimes=args.runtimes, listen=args.listen, etcd=args.etcd, capacity=args.capacity,
-                          data_dir=args.data_dir, mesh=args.mesh, metrics_listen=args.metrics_listen)
+                          data_dir=data_dir, mesh=args.mesh, metrics_listen=args.metrics_listen,
+                          runtime_args=tuple(security.runtime_args), router_options=security.router_options,
+                          etcd_tls=security.etcd_tls, model_roots=roots, client_ca=security.client_ca)
         try:
             await local.start()
             print(f"meshserve up: router on {local.endpoint}, {len(local.procs)} runtime(s), "
@@ -48,11 +63,16 @@ def run(args: argparse.Namespace) -> int:
             for p in local.procs:
                 print(f"  runtime {p.instance_id} on {p.endpoint} (metrics {p.metrics_endpoint}, log {p.log_path})",
                       flush=True)
+            print(f"  model memory per runtime: {parse_bytes(local.capacity or 0) / 2**30:.2f} GiB"
+                  + ("" if args.capacity else " (the host's memory shared among the runtimes; --capacity sets it)"),
+                  flush=True)
             if args.demo:
                 from mesh.cli.demo import run_demo
 
                 return await run_demo(local)
-            print(f"ready: try  meshserve cluster --router {local.endpoint}   (Ctrl-C stops)", flush=True)
+            hint = f" --tls-ca {security.client_ca or '<CA of --tls-cert>'}" if security.tls_router else ""
+            hint += " --token <a token from the file>" if args.auth_token_file else ""
+            print(f"ready: try  meshserve cluster --router {local.endpoint}{hint}   (Ctrl-C stops)", flush=True)
             await stop.wait()
             return 0
         finally:

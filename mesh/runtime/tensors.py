@@ -11,6 +11,7 @@ supported yet: a model with a BYTES tensor fails to load with a clear message.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import ml_dtypes
@@ -68,6 +69,21 @@ def _check_header(model: str, spec: TensorSpec, datatype: str, shape: tuple[int,
         )
 
 
+#: Most elements one input tensor may have (shape product): bounds what a request can
+#: make the runtime allocate, whatever its dimensions claim.
+MAX_TENSOR_ELEMENTS = 2**31
+
+
+def element_count(model: str, name: str, shape: tuple[int, ...]) -> int:
+    """The exact product of ``shape`` (Python ints: no int64 wrap-around), bounded."""
+    count = math.prod(shape)
+    if count > MAX_TENSOR_ELEMENTS:
+        raise InvalidArgument(
+            f"model {model!r} input {name!r}: shape {_fmt_shape(shape)} has {count} elements; "
+            f"the limit is {MAX_TENSOR_ELEMENTS} per tensor")
+    return count
+
+
 def decode_inputs(request: Any, signature: Signature, model: str) -> dict[str, np.ndarray]:
     """The request's inputs as numpy arrays, each checked against ``signature``.
 
@@ -91,7 +107,7 @@ def decode_inputs(request: Any, signature: Signature, model: str) -> dict[str, n
         shape = tuple(int(d) for d in tensor.shape)
         _check_header(model, spec, tensor.datatype, shape)
         dtype = DATATYPES[spec.datatype]
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = element_count(model, tensor.name, shape)
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidArgument(
