@@ -256,3 +256,24 @@ async def test_etcd_over_tls_with_client_certificates(tmp_path: Path, pki: Local
             assert got is not None and got.value == b"v" and got.mod_revision == rev
         finally:
             await store.close()
+
+
+def test_cli_says_cannot_reach_only_when_no_router_answers(etcd_server, mesh_name, tmp_path: Path) -> None:
+    from mesh.etcd_server import free_port
+
+    rt = start_runtime(etcd_server.endpoint, mesh_name, capacity="64Mi", env=ONNX_ONLY)
+    cli = [sys.executable, "-m", "mesh.cli"]
+    try:
+        with start_router(etcd_server.endpoint, mesh_name) as r:
+            reg = subprocess.run([*cli, "register", "pt", "--type", "pytorch", "--path", str(tmp_path / "m.pt"),
+                                  "--router", r.endpoint], cwd=ROOT, capture_output=True, text=True, timeout=60)
+            assert reg.returncode == 0, reg.stderr
+            # No runtime serves pytorch: the router answers UNAVAILABLE, and the CLI says so, not "cannot reach".
+            out = subprocess.run([*cli, "infer", "pt", "--input", "[[1.0]]", "--router", r.endpoint], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=120)
+            assert out.returncode == 1 and "UNAVAILABLE" in out.stderr and "cannot reach" not in out.stderr, out.stderr
+        nobody = f"127.0.0.1:{free_port()}"
+        out = subprocess.run([*cli, "cluster", "--router", nobody], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and f"cannot reach the router at {nobody}" in out.stderr
+    finally:
+        rt.kill()
