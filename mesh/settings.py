@@ -99,6 +99,9 @@ class CommonSettings(BaseSettings):
     tls_key: str = ""
     #: PEM CA bundle: with it, clients must present a certificate it signed (mTLS).
     tls_client_ca: str = ""
+    #: HOST:PORT of a plaintext port serving only grpc.health.v1 (kubelet gRPC probes
+    #: cannot speak TLS); "" = none.
+    health_listen: str = ""
     #: etcd over TLS: the CA that signed etcd's certificate, and this process's client
     #: certificate and key (etcd's --client-cert-auth). All "" = plaintext etcd.
     etcd_ca: str = ""

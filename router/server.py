@@ -19,6 +19,7 @@ from mesh.registry.registry import Registry
 from mesh.registry.store import KVStore
 from mesh.security.auth import router_gates
 from mesh.security.guard import GuardedServer, enable_reflection
+from mesh.security.health_port import start_health_port
 from mesh.security.tls import add_port, channel_tls, server_tls
 from mesh.security.tokens import TokenFile
 from mesh.tasks import TaskSet
@@ -76,6 +77,7 @@ class RouterServer:
                              self.runtimes, self.clock)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
         self.port = 0
         self.metrics_port = 0
 
@@ -107,6 +109,8 @@ class RouterServer:
             raise OSError(f"cannot listen on {self.settings.listen}")
         await server.start()
         self._server = server
+        if self.settings.health_listen:
+            self._health_server = await start_health_port(self.settings.health_listen, self.health)
         m = self.metrics
         m.registered.set_function(lambda: len(self.mirror.models))
         m.instances.set_function(lambda: len(self.mirror.instances))
@@ -140,6 +144,8 @@ class RouterServer:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._server is not None:
             await self._server.stop(grace_s)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         await self.tasks.close()
         await self.mirror.stop()
         await self.runtimes.close()

@@ -182,8 +182,13 @@ def test_ports_agree_across_args_probes_and_services(variant: str, index: int) -
     listen = parse_host_port(flags["--listen"])[1]
     assert listen == ports["grpc"] == DEFAULT_PORTS[process]
     assert parse_host_port(flags["--metrics-listen"])[1] == ports["metrics"]
+    # A TLS port cannot answer kubelet probes: they go to the plaintext health port then.
+    health = env_values(objs, container).get("MESHSERVE_HEALTH_LISTEN")
+    probe_ports = (listen, "grpc") if health is None else (parse_host_port(health)[1], "health")
+    if health is not None:
+        assert ports["health"] == parse_host_port(health)[1]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"]["port"] in (listen, "grpc")
+        assert container[probe]["grpc"]["port"] in probe_ports
     advertise = env_values(objs, container).get("MESHSERVE_ADVERTISE", flags.get("--advertise"))
     if advertise is not None:
         assert parse_host_port(advertise)[1] == listen, "routers would dial the wrong port"

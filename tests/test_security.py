@@ -64,7 +64,16 @@ def test_tls_router_refuses_plaintext_and_mtls_refuses_clients_without_a_certifi
         assert rpc_code(lambda: cluster_status(grpc.insecure_channel(r.endpoint), timeout=5)) \
             == grpc.StatusCode.UNAVAILABLE
         assert cluster_status(tls_channel(r.endpoint, pki.ca)).registered_models == 0
-    with start_router(etcd_server.endpoint, mesh_name, tls_args(pki.router, pki.ca)) as r:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from mesh.etcd_server import free_port
+
+    health = f"127.0.0.1:{free_port()}"
+    with start_router(etcd_server.endpoint, mesh_name, [*tls_args(pki.router, pki.ca), "--health-listen", health]) as r:
+        # Kubelet probes cannot do TLS: the plaintext health port answers them.
+        check = health_pb2_grpc.HealthStub(grpc.insecure_channel(health)).Check(health_pb2.HealthCheckRequest(),
+                                                                                 timeout=10)
+        assert check.status == health_pb2.HealthCheckResponse.SERVING
         assert rpc_code(lambda: cluster_status(tls_channel(r.endpoint, pki.ca), timeout=5)) \
             == grpc.StatusCode.UNAVAILABLE
         stranger = ensure_ca(pki.ca.cert.parent / "other-ca")

@@ -38,6 +38,7 @@ from mesh.runtime.settings import RuntimeSettings
 from mesh.runtime.sizing import check_device, derive_capacity
 from mesh.security.auth import runtime_gates
 from mesh.security.guard import GuardedServer, enable_reflection
+from mesh.security.health_port import start_health_port
 from mesh.security.tls import add_port, channel_tls, server_tls
 from mesh.security.tokens import TokenFile
 from mesh.settings import parse_host_port
@@ -80,6 +81,7 @@ class RuntimeServer:
         self.endpoint = ""
         self.ready = False
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
         self._store: EtcdStore | None = None
         self._registration: Registration | None = None
         self._manager: ModelManager | None = None
@@ -158,6 +160,8 @@ class RuntimeServer:
         enable_reflection(names, guarded)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
+        if s.health_listen:
+            self._health_server = await start_health_port(s.health_listen, self._health)
         await registration.start()
         self.ready = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
@@ -190,6 +194,8 @@ class RuntimeServer:
             log.warning("%d requests still in flight after %.0fs; closing anyway", self._manager.in_flight, grace)
         if self._server is not None:
             await self._server.stop(1.0)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         if self._manager is not None:
             await self._manager.unload_all("shutdown")
             self._manager.close()
