@@ -180,10 +180,11 @@ class Loader:
                 # Did not fit there, or the runtime is gone: another instance may do.
                 log.info("load of %s on %s: %s; trying elsewhere", model_id, instance_id, e)
                 tried.add(instance_id)
-                if isinstance(e, Unavailable):
+                answered = getattr(e, "from_runtime", False)
+                if isinstance(e, Unavailable) and not answered:  # unreachable, not "its storage is"
                     self._table.suspect(instance_id)
                 last_error = e
-                if getattr(e, "from_runtime", False):
+                if answered:
                     # The runtime answered (storage unreachable, disk cache full): the model's
                     # status must say why, even though another instance may still succeed.
                     await self._record_failure(model_id, instance_id, str(e))
