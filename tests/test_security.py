@@ -103,7 +103,12 @@ def test_tokens_guard_management_and_are_re_read_and_never_logged(
     tokens.write_text("# operators\ns3cret-one\n")
     rt = start_runtime(etcd_server.endpoint, mesh_name, capacity="64Mi", env=ONNX_ONLY)
     try:
-        with start_router(etcd_server.endpoint, mesh_name, ["--auth-token-file", str(tokens)]) as r:
+        from mesh.etcd_server import free_port
+        from tests.runtime_helpers import scrape
+
+        metrics = f"127.0.0.1:{free_port()}"
+        with start_router(etcd_server.endpoint, mesh_name,
+                          ["--auth-token-file", str(tokens), "--metrics-listen", metrics]) as r:
             ch = grpc.insecure_channel(r.endpoint)
             good = (("authorization", "Bearer s3cret-one"),)
             with pytest.raises(grpc.RpcError) as err:
@@ -134,7 +139,9 @@ def test_tokens_guard_management_and_are_re_read_and_never_logged(
             assert _eventually(lambda: rpc_code(lambda: cluster_status(ch, new)) == grpc.StatusCode.OK)
             assert rpc_code(lambda: cluster_status(ch, good)) == grpc.StatusCode.UNAUTHENTICATED
             log = r.log()
+            series = " ".join(scrape(metrics))
         assert "s3cret" not in log and "wrong-token" not in log
+        assert "s3cret" not in series and "wrong-token" not in series
     finally:
         rt.kill()
 
