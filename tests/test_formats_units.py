@@ -126,3 +126,13 @@ def test_no_runtime_serving_a_type_names_the_type_and_what_each_runtime_serves()
         no_type_error(model, view)
     assert "'LightGBM'" in err.value.message and "rt-a (onnx, pytorch); rt-b (sklearn)" in err.value.message
     no_type_error(rec.ModelRecord("m2", "SKLEARN", "/p", ""), view)  # served: no error
+
+
+def test_a_schema_in_the_key_names_the_tensors_and_the_key_method_fills_its_output(tmp_path: Path) -> None:
+    model = mt.write_sklearn_iris(tmp_path, file_name="model.skops", proba=True)
+    schema = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}],
+              "outputs": [{"name": "probabilities", "datatype": "FP64", "shape": [-1, 3]}]}
+    loaded = SklearnBackend().load("iris", tmp_path, {"schema": schema, "method": "predict_proba"}, "cpu")
+    assert [t.name for t in loaded.signature.inputs] == ["features"] and loaded.signature.inputs[0].accepts == ("FP64",)
+    out = loaded.infer({"features": model.x}, ())
+    assert np.array_equal(out["probabilities"], model.expected["predict_proba"])

@@ -41,16 +41,16 @@ class SklearnModel:
     platform = "sklearn"
     allocated_bytes = 0
 
-    def __init__(self, estimator: Any, signature: Signature) -> None:
+    def __init__(self, estimator: Any, signature: Signature, method: str) -> None:
         self._estimator: Any = estimator
         self.signature = signature
+        self._method = method
 
     def infer(self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
         x = table_of(inputs)
         wanted = outputs or (self.signature.outputs[0].name,)
-        default = self.signature.outputs[0].name
         # An output named after a method runs it; a schema's other names run the key's method.
-        return {name: np.asarray(getattr(self._estimator, name if name in METHODS else default)(x))
+        return {name: np.asarray(getattr(self._estimator, name if name in METHODS else self._method)(x))
                 for name in wanted}
 
     def unload(self) -> None:
@@ -65,10 +65,18 @@ class SklearnBackend:
         self._trusted = list(skops_trusted_types)
 
     def available(self) -> None:
-        """Imports scikit-learn (ImportError if missing) before the first load is measured."""
-        import sklearn  # noqa: F401
+        """Imports scikit-learn (ImportError if missing)."""
         import joblib  # noqa: F401
         import skops.io  # noqa: F401
+        import sklearn  # noqa: F401
+
+    def warm_up(self, device: str) -> None:
+        """Imports the estimator modules most models use, so the first model that
+        needs one is not charged for it (tens of MB)."""
+        import importlib
+
+        for name in ("pipeline", "preprocessing", "linear_model", "svm", "tree", "ensemble", "neighbors"):
+            importlib.import_module(f"sklearn.{name}")
 
     def load(self, model_id: str, path: Path, key: dict[str, Any], device: str) -> LoadedModel:
         file = find_model_file(model_id, path, SUFFIXES, PREFERRED)
@@ -90,7 +98,7 @@ class SklearnBackend:
         n_features = getattr(estimator, "n_features_in_", None)
         signature = tabular_signature(model_id, key, n_features,
                                       lambda n: _outputs(model_id, estimator, n, method, file.name))
-        return SklearnModel(estimator, signature)
+        return SklearnModel(estimator, signature, method)
 
     def _load_pickle(self, model_id: str, file: Path) -> Any:
         if not self._allow_pickle:
