@@ -20,8 +20,8 @@ from mesh.modelgen_strings import tagger_reference, write_onnx_tagger
 from mesh.proto.mmesh import model_mesh_pb2 as mm
 from mesh.proto.mmesh import model_mesh_pb2_grpc as mm_grpc
 from router.server import RouterServer
-from router.settings import RouterSettings
-from tests.procs import RuntimeProc, start_runtime
+from tests.mesh_helpers import onnx_runtimes, started_router
+from tests.procs import RuntimeProc
 from tests.runtime_helpers import scrape
 
 # A tiny model is charged ~175 KB: room for 12 per runtime, 24 in all.
@@ -30,10 +30,7 @@ TWELVE_TINY = 2_200_000
 
 @pytest.fixture
 def runtimes(etcd_server, mesh_name) -> Iterator[list[RuntimeProc]]:
-    env = {"MESHSERVE_MODEL_TYPES": "onnx", "MESHSERVE_LEASE_TTL_S": "3"}
-    procs = [start_runtime(etcd_server.endpoint, mesh_name, capacity=TWELVE_TINY, env=env,
-                           extra_args=["--metrics-listen", "127.0.0.1:0", "--instance-id", f"rt{i}"])
-             for i in range(2)]
+    procs = onnx_runtimes(etcd_server.endpoint, mesh_name, 2, TWELVE_TINY)
     yield procs
     for p in procs:
         if p.running:
@@ -42,13 +39,7 @@ def runtimes(etcd_server, mesh_name) -> Iterator[list[RuntimeProc]]:
 
 @pytest.fixture
 async def router(etcd_server, mesh_name, runtimes) -> AsyncIterator[RouterServer]:
-    r = RouterServer(RouterSettings(etcd=etcd_server.endpoint, mesh=mesh_name, listen="127.0.0.1:0",
-                                    metrics_listen="127.0.0.1:0", scale_interval_s=3600))
-    await r.start()
-    for _ in range(200):
-        if len(r.mirror.instances) >= len(runtimes):
-            break
-        await asyncio.sleep(0.05)
+    r = await started_router(etcd_server.endpoint, mesh_name, len(runtimes))
     yield r
     await r.stop(0)
 
