@@ -13,7 +13,6 @@ import asyncio
 import grpc
 import pytest
 
-from mesh.proto.meshserve.v1 import admin_pb2 as adm
 from tests.router_support import MiniMesh, first_copy, rpc_error, sample, spi_load, status, two_copies, until
 from tests.router_support import mini  # noqa: F401 - the fixture
 
