@@ -164,12 +164,18 @@ async def test_vmodel_moves_to_a_new_target_without_a_failed_request(client: Cli
             except grpc.aio.AioRpcError as e:
                 failures.append(e)
 
+    async def served_at_least(n: int, since: float) -> None:
+        deadline = loop.time() + 30
+        while sum(1 for started, _ in served if started >= since) < n and not failures:
+            assert loop.time() < deadline, f"only {len(served)} requests served in 30 s"
+            await asyncio.sleep(0.02)
+
     tasks = [asyncio.create_task(traffic()) for _ in range(4)]
-    await asyncio.sleep(0.3)
+    await served_at_least(8, 0.0)  # traffic is flowing to v1
     st = await client.mesh.setVModel(mm.SetVModelRequest(vModelId="prod", targetModelId="v2", sync=True))
     switched_at = loop.time()
     assert st.activeModelId == "v2" and st.status == mm.VModelStatusInfo.DEFINED
-    await asyncio.sleep(0.3)
+    await served_at_least(8, switched_at)  # and keeps flowing after the switch
     stop.set()
     await asyncio.gather(*tasks)
     assert not failures, failures[:3]
