@@ -136,3 +136,18 @@ def test_a_schema_in_the_key_names_the_tensors_and_the_key_method_fills_its_outp
     assert [t.name for t in loaded.signature.inputs] == ["features"] and loaded.signature.inputs[0].accepts == ("FP64",)
     out = loaded.infer({"features": model.x}, ())
     assert np.array_equal(out["probabilities"], model.expected["predict_proba"])
+
+
+def test_string_class_labels_come_out_as_bytes(tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from mesh.runtime.tensors import decode_outputs, encode_outputs
+
+    x, y = mt.iris()
+    names = np.array(["setosa", "versicolor", "virginica"])[y]
+    mt.save_sklearn(LogisticRegression(max_iter=1000).fit(x, names), tmp_path / "model.skops")
+    loaded = SklearnBackend().load("iris-names", tmp_path, {}, "cpu")
+    assert loaded.signature.outputs[0].datatype == "BYTES"
+    resp = v2.ModelInferResponse()
+    encode_outputs(resp, loaded.infer({"input-0": np.asarray(mt.IRIS_ROWS, np.float32)}, ()), loaded.signature)
+    assert decode_outputs(resp)["predict"].tolist() == [b"versicolor", b"versicolor"]

@@ -15,7 +15,7 @@ numpy, scipy) plus those the operator lists in ``MESHSERVE_SKOPS_TRUSTED_TYPES``
 a file holding any other type is refused the same way, naming the types.
 
 The model key's ``method`` picks what a request gets by default: ``predict``
-(class labels, INT64 for integer classes; values for regressors) or
+(class labels: INT64 for integer classes, BYTES for string ones; values for regressors) or
 ``predict_proba`` (class probabilities); a classifier offers the other as a
 second output (request it by name).
 """
@@ -144,7 +144,7 @@ def _outputs(model_id: str, estimator: Any, n_features: int, method: str, file_n
                 specs[name] = spec
     if method not in specs:
         raise ModelLoadFailed(
-            f"model {model_id!r}: {file_name}'s {method} returns strings (class labels?), which V2 BYTES tensors "
-            'do not carry here yet: ask for {"method": "predict_proba"} in the model key, or train on integer labels'
+            f"model {model_id!r}: {file_name}'s {method} returns values no V2 datatype carries: put a 'schema' "
+            'in the model key, or ask for {"method": "predict_proba"}'
         )
     return [specs[method]] + [s for n, s in specs.items() if n != method]

@@ -46,13 +46,13 @@ def probe(model_id: str, fn: Callable[[np.ndarray], Any], n_features: int, what:
 
 
 def output_spec(name: str, sample: np.ndarray) -> TensorSpec | None:
-    """The spec of an output like ``sample`` (batch first); None for a dtype V2
-    cannot carry here (strings)."""
+    """The spec of an output like ``sample`` (batch first; strings are BYTES); None
+    for a dtype V2 cannot carry."""
     from mesh.runtime.tensors import datatype_of
 
     try:
         datatype = datatype_of(sample.dtype)
-    except Exception:  # noqa: BLE001 - object / string arrays
+    except Exception:  # noqa: BLE001 - datetimes, complex numbers...
         return None
     return TensorSpec(name, datatype, (-1, *sample.shape[1:]))
 
