@@ -151,3 +151,10 @@ def test_string_class_labels_come_out_as_bytes(tmp_path: Path) -> None:
     resp = v2.ModelInferResponse()
     encode_outputs(resp, loaded.infer({"input-0": np.asarray(mt.IRIS_ROWS, np.float32)}, ()), loaded.signature)
     assert decode_outputs(resp)["predict"].tolist() == [b"versicolor", b"versicolor"]
+
+
+def test_input_scikit_learn_rejects_is_invalid_argument(tmp_path: Path) -> None:
+    mt.write_sklearn_iris(tmp_path, file_name="model.skops")
+    loaded = SklearnBackend().load("iris", tmp_path, {}, "cpu")
+    with pytest.raises(InvalidArgument, match="the model rejected the input: .*NaN"):
+        loaded.infer({"input-0": np.full((1, 4), np.nan, np.float32)}, ())

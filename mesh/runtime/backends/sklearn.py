@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from mesh.errors import ModelLoadFailed, ModelLoadRefused
+from mesh.errors import InvalidArgument, ModelLoadFailed, ModelLoadRefused
 from mesh.runtime.backends.base import LoadedModel, Signature, TensorSpec, find_model_file
 from mesh.runtime.backends.tabular import key_method, output_spec, probe, table_of, tabular_signature
 
@@ -50,8 +50,11 @@ class SklearnModel:
         x = table_of(inputs)
         wanted = outputs or (self.signature.outputs[0].name,)
         # An output named after a method runs it; a schema's other names run the key's method.
-        return {name: np.asarray(getattr(self._estimator, name if name in METHODS else self._method)(x))
-                for name in wanted}
+        try:
+            return {name: np.asarray(getattr(self._estimator, name if name in METHODS else self._method)(x))
+                    for name in wanted}
+        except ValueError as e:  # scikit-learn's answer to input it cannot take (NaN, infinity...)
+            raise InvalidArgument(f"the model rejected the input: {e}") from None
 
     def unload(self) -> None:
         self._estimator = None
