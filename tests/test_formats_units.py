@@ -158,3 +158,16 @@ def test_input_scikit_learn_rejects_is_invalid_argument(tmp_path: Path) -> None:
     loaded = SklearnBackend().load("iris", tmp_path, {}, "cpu")
     with pytest.raises(InvalidArgument, match="the model rejected the input: .*NaN"):
         loaded.infer({"input-0": np.full((1, 4), np.nan, np.float32)}, ())
+
+
+def test_skops_types_the_operator_trusts_load(tmp_path: Path) -> None:
+    from sklearn.ensemble import RandomForestClassifier
+
+    x, y = mt.iris()
+    forest = RandomForestClassifier(n_estimators=3, random_state=0).fit(x, y)
+    mt.save_sklearn(forest, tmp_path / "model.skops")
+    with pytest.raises(ModelLoadRefused, match="sklearn.tree._tree.Tree"):
+        SklearnBackend().load("forest", tmp_path, {}, "cpu")
+    loaded = SklearnBackend(skops_trusted_types=("sklearn.tree._tree.Tree",)).load("forest", tmp_path, {}, "cpu")
+    rows = np.asarray(mt.IRIS_ROWS, np.float32)
+    assert np.array_equal(loaded.infer({"input-0": rows}, ())["predict"], forest.predict(rows))
