@@ -348,6 +348,14 @@ class ModelManager:
         await self._unload_entries(entries, reason)
         await asyncio.gather(*self._unload_tasks, return_exceptions=True)
 
+    async def warm_up_in_background(self, fn: Any) -> None:
+        """Runs ``fn`` (a backend's deferred import) in the load pool as if it were a
+        load: loads overlapping it are not charged for the memory it takes."""
+        try:
+            await self._in_thread(lambda: self._meter.measure(fn))
+        except Exception:  # noqa: BLE001 - a load that needs it reports the real error
+            log.exception("background warm-up of the model backends failed")
+
     async def settle(self, timeout_s: float) -> None:
         """Waits (bounded) for the threads of cancelled loads to finish and drop their models."""
         pending = [asyncio.wrap_future(f) for f in list(self._orphans)]

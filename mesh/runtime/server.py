@@ -80,6 +80,7 @@ class RuntimeServer:
         self._registration: Registration | None = None
         self._manager: ModelManager | None = None
         self._health = health.aio.HealthServicer()
+        self._late_warm_up: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -151,6 +152,8 @@ class RuntimeServer:
         await registration.start()
         self.ready = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        # Slow imports no first request needs at once (skops) go on after ready.
+        self._late_warm_up = loop.create_task(self._manager.warm_up_in_background(self._backends.warm_up_later))
         log.info("runtime %s serving on %s (capacity %d bytes, device %s, metrics %s)",
                  self.instance_id, self.endpoint, capacity, s.device, metrics_endpoint or "off")
 
@@ -186,6 +189,8 @@ class RuntimeServer:
         """Drains and deregisters; safe to call after a partial start."""
         self.ready = False
         grace = self.settings.shutdown_grace_s
+        if self._late_warm_up is not None:
+            self._late_warm_up.cancel()
         if self._manager is not None:
             self._manager.accepting = False
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)

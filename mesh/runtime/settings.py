@@ -91,8 +91,9 @@ class RuntimeSettings(CommonSettings):
     #: Model types this runtime loads (``onnx``, ``pytorch``, ``sklearn``, ``xgboost``,
     #: ``lightgbm``, installed plugins' names; any case, KServe's aliases), advertised
     #: in the instance record. Empty (the default): every built-in type and installed
-    #: plugin whose library imports. Each library is imported at start so its cost is
-    #: not charged to the first model: leaving ``pytorch`` out saves ~190 MB resident.
+    #: plugin whose library imports. Each library is imported at start (skops right
+    #: after ready, in the background) so its cost is not charged to the first model:
+    #: leaving ``pytorch`` out saves ~190 MB resident.
     model_types: NameList = ()
     #: Load pickle-based scikit-learn files (``.joblib``, ``.pkl``, ``.pickle``).
     #: Unpickling runs any code the file's author put in it, so it is off: turn it on

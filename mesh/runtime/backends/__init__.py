@@ -79,6 +79,13 @@ class BackendRegistry:
             if fn is not None:
                 fn(device)
 
+    def warm_up_later(self) -> None:
+        """Runs each backend's ``warm_up_later()`` (blocking; after the runtime is ready)."""
+        for backend in self._by_type.values():
+            fn = getattr(backend, "warm_up_later", None)
+            if fn is not None:
+                fn()
+
     def get(self, model_type: str) -> Backend:
         """The backend for ``model_type``; InvalidArgument for an unknown type."""
         name = canonical_model_type(model_type)

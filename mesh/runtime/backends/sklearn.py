@@ -68,10 +68,20 @@ class SklearnBackend:
         self._trusted = list(skops_trusted_types)
 
     def available(self) -> None:
-        """Imports scikit-learn (ImportError if missing)."""
+        """Imports scikit-learn (ImportError if missing); skops is only looked for here."""
+        import importlib.util
+
         import joblib  # noqa: F401
-        import skops.io  # noqa: F401
         import sklearn  # noqa: F401
+
+        if importlib.util.find_spec("skops") is None:
+            raise ImportError("No module named 'skops' (scikit-learn's safe loader)")
+
+    def warm_up_later(self) -> None:
+        """Imports skops after the runtime is ready: it lists every scikit-learn
+        estimator when imported (~10 s and ~100-300 MB, torch's array-API shim
+        included), which no first request should wait for or be charged."""
+        import skops.io  # noqa: F401
 
     def warm_up(self, device: str) -> None:
         """Imports the estimator modules most models use, so the first model that
