@@ -93,7 +93,8 @@ class RuntimeSettings(CommonSettings):
     #: in the instance record. Empty (the default): every built-in type and installed
     #: plugin whose library imports. Each library is imported at start (skops right
     #: after ready, in the background) so its cost is not charged to the first model:
-    #: leaving ``pytorch`` out saves ~190 MB resident.
+    #: leaving ``pytorch`` out saves ~190 MB resident (unless ``sklearn`` is served:
+    #: skops imports torch's array-API shim).
     model_types: NameList = ()
     #: Load pickle-based scikit-learn files (``.joblib``, ``.pkl``, ``.pickle``).
     #: Unpickling runs any code the file's author put in it, so it is off: turn it on
