@@ -284,3 +284,16 @@ async def test_installed_plugin_and_allowed_module_class_types_serve_a_custom_mo
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await trusted_client.infer(mid, x, input_name="x")
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "no runtime serves" in err.value.details()
+
+
+async def test_small_sklearn_models_are_predicted_with_their_own_overhead(strict: Mesh, models) -> None:
+    from mesh.fetcher import disk_size
+    from mesh.proto.mmesh import model_runtime_pb2 as rpb
+    from mesh.proto.mmesh import model_runtime_pb2_grpc as rpg
+
+    iris = models["iris-skops"]
+    async with grpc.aio.insecure_channel(strict.runtime.endpoint) as ch:
+        size = (await rpg.ModelRuntimeStub(ch).predictModelSize(rpb.PredictModelSizeRequest(
+            modelId="size-probe", modelType="sklearn", modelPath=str(iris.path)), timeout=30)).sizeInBytes
+    # 1.5 x file + 24 KiB (not the 64 KiB ONNX Runtime sessions cost): ~25 KB held per iris SVC.
+    assert size == int(disk_size(iris.path) * 1.5) + 24 * 1024

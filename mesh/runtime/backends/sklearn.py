@@ -62,6 +62,10 @@ class SklearnModel:
 
 class SklearnBackend:
     model_type = "sklearn"
+    #: Fixed per-model cost in the size prediction (instead of MESHSERVE_SIZE_OVERHEAD's
+    #: default, sized for ONNX Runtime sessions): 1,000 iris SVCs held ~25 KB each
+    #: resident, 5.8 KB joblib files (BENCHMARKS.md, "Model formats").
+    size_overhead = 24 * 2**10
 
     def __init__(self, *, allow_pickle: bool = False, skops_trusted_types: tuple[str, ...] = ()) -> None:
         self._allow_pickle = allow_pickle
