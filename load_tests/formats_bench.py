@@ -147,9 +147,10 @@ def main() -> None:
         for label in ("sklearn-skops-small", "sklearn-joblib-small"):  # each in a fresh runtime
             with start_runtime(etcd.endpoint, f"many-{label}", capacity="8Gi", env=env,
                                extra_args=["--allow-pickle"]) as rt:
-                with grpc.insecure_channel(rt.endpoint) as ch:  # waits for skops' deferred import too
-                    rpg.ModelRuntimeStub(ch).loadModel(rpb.LoadModelRequest(
-                        modelId="warm", modelType="sklearn", modelPath=str(models[label].path)), timeout=300)
+                with grpc.insecure_channel(rt.endpoint) as ch:  # a .skops load waits for skops' deferred import
+                    for path in (models["sklearn-skops-small"].path, models[label].path):
+                        rpg.ModelRuntimeStub(ch).loadModel(rpb.LoadModelRequest(
+                            modelId=f"warm-{path.name}", modelType="sklearn", modelPath=str(path)), timeout=300)
                 before = rss_of(rt.pid)
                 took = asyncio.run(load_many(rt.endpoint, models[label].path, args.models, model_type="sklearn"))
                 after = rss_of(rt.pid)
