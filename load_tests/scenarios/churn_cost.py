@@ -17,8 +17,10 @@ tracked from run to run. Needs a local mesh (process ids); ``--target`` is refus
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
 import os
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +30,7 @@ from load_tests import harness, plots
 from load_tests.generator import closed_loop, grpc_sender
 from load_tests.probe import MeshProbe, delta
 from load_tests.recorder import Recorder
+from load_tests.scenarios.overhead import py_spy, hot_frames
 from load_tests.scenarios.zipf_cache import capacity_for
 from load_tests.workload import Zipf, make_models, register_all
 
@@ -45,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--callers", type=int, default=8, help="closed-loop concurrent callers")
     p.add_argument("--seconds", type=float, default=30.0, help="length of the churn phase")
     p.add_argument("--hit-seconds", type=float, default=10.0, help="length of the all-hits phase")
+    p.add_argument("--profile", action="store_true",
+                   help="py-spy the router and the first runtime during the churn phase (hottest frames)")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -92,6 +97,25 @@ def miss_cost_ms(churn_cpu: dict[str, float], hit_ms: dict[str, float], hits: in
     return {k: round((churn_cpu[k] * 1e3 - hit_ms[k] * hits) / max(misses, 1), 3) for k in churn_cpu}
 
 
+def _start_profiles(pids: dict[str, list[int]], args: argparse.Namespace,
+                    out: Path) -> dict[str, tuple[subprocess.Popen[bytes] | None, Path]]:
+    targets = {"router": pids["router"][0], "runtime": pids["runtime"][0]}
+    return {k: (py_spy(pid, args.seconds, out / f"{k}_profile.txt"), out / f"{k}_profile.txt")
+            for k, pid in targets.items()}
+
+
+async def _finish_profiles(spies: dict[str, tuple[subprocess.Popen[bytes] | None, Path]]) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    found: dict[str, Any] = {}
+    for kind, (spy, raw) in spies.items():
+        if spy is None:
+            found[kind] = {"error": "py-spy not installed"}
+            continue
+        rc = await loop.run_in_executor(None, spy.wait, 60)
+        found[kind] = hot_frames(raw) if rc == 0 and raw.exists() else {"error": f"py-spy exited {rc}"}
+    return found
+
+
 async def run(args: argparse.Namespace) -> Path:
     out = harness.out_dir(args, NAME)
     slots_total = max(1, round(args.fraction * args.models))
@@ -126,10 +150,12 @@ async def run(args: argparse.Namespace) -> Path:
             seq = [models.ids[i] for i in draws]
             churn_rec = Recorder("zipf churn")
             before = await probe.snapshot()
+            spies = _start_profiles(pids, args, out) if args.profile else {}
             meter.start()
             t0 = time.perf_counter()
             await closed_loop(send, seq, models.payloads, args.callers, args.seconds, churn_rec)
             churn_cpu = meter.stop()
+            profiles = await _finish_profiles(spies)
             wall = time.perf_counter() - t0
             churn_mesh = delta(before, await probe.snapshot())
     misses = int(churn_mesh["loads"])
@@ -150,6 +176,8 @@ async def run(args: argparse.Namespace) -> Path:
         "cpu_s": {"hit_phase": hit_cpu, "churn_phase": churn_cpu}, "churn_wall_s": round(wall, 2),
         "client_cpu_ms_per_request": round(churn_cpu["client"] * 1e3 / max(churn_rec.ok, 1), 4),
     }
+    if profiles:
+        summary["profiles"] = profiles
     pngs = [plots.latency_cdf([hit_rec, churn_rec], out / "latency_cdf.png",
                               f"churn-cost: {args.callers} callers, Zipf {args.zipf}"),
             plots.bars({f"{kind} per miss": miss_ms[kind] for kind in KINDS}
