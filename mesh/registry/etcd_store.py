@@ -128,6 +128,17 @@ class EtcdStore:
         resp = await self._txn("compare-and-set", req)
         return int(resp.header.revision) if resp.succeeded else None
 
+    async def create_many(self, items: list[tuple[bytes, bytes]]) -> list[int | None]:
+        # One transaction of nested ones: each create succeeds or fails on its own,
+        # and the whole batch is one round trip and one raft entry (one revision).
+        req = rpc.TxnRequest(success=[
+            rpc.RequestOp(request_txn=rpc.TxnRequest(
+                compare=[_mod_compare(key, 0)], success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value))]))
+            for key, value in items])
+        resp = await self._txn("create", req)
+        revision = int(resp.header.revision)
+        return [revision if r.response_txn.succeeded else None for r in resp.responses]
+
     async def delete(self, key: bytes) -> bool:
         resp = await self._call(
             "delete", lambda: self._client.kvstub.DeleteRange(rpc.DeleteRangeRequest(key=key), timeout=self._timeout)

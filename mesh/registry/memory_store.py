@@ -124,6 +124,10 @@ class MemoryStore:
                 return None
         return self._write(key, value, lease)
 
+    async def create_many(self, items: list[tuple[bytes, bytes]]) -> list[int | None]:
+        self.expire_leases()
+        return [None if key in self._data else self._write(key, value, 0) for key, value in items]
+
     async def delete(self, key: bytes) -> bool:
         self.expire_leases()
         return self._remove(key)

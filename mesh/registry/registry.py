@@ -10,6 +10,7 @@ from typing import Generic
 
 from mesh.errors import AlreadyExists, Conflict, CorruptRecord, InvalidArgument
 from mesh.registry import records as rec
+from mesh.registry.batcher import CreateBatcher
 from mesh.registry.ids import validate_id
 from mesh.registry.keys import KeySchema
 from mesh.registry.records import R
@@ -46,6 +47,7 @@ class Registry:
     def __init__(self, store: KVStore, keys: KeySchema) -> None:
         self.store = store
         self.keys = keys
+        self._creates = CreateBatcher(store)
 
     # -- generic -----------------------------------------------------------
 
@@ -92,7 +94,7 @@ class Registry:
 
     async def create_model(self, model: rec.ModelRecord) -> int:
         key = self.keys.model(validate_id(model.model_id))
-        revision = await self.store.put_if(key, rec.encode(model), mod_revision=0)
+        revision = await self._creates.create(key, rec.encode(model))  # batched with concurrent creates
         if revision is None:
             raise AlreadyExists(f"model {model.model_id!r} is already registered")
         return revision
