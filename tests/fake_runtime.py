@@ -42,6 +42,9 @@ class FakeRuntime(spi_grpc.ModelRuntimeServicer, v2_grpc.GRPCInferenceServiceSer
         self.endpoint = ""
         self._server: grpc.aio.Server | None = None
         self._keepalive: asyncio.Task[None] | None = None
+        #: Evicted here but copy key not deleted yet (as a real runtime's key write in flight).
+        self.evicting: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._server = grpc.aio.server()
@@ -65,6 +68,16 @@ class FakeRuntime(spi_grpc.ModelRuntimeServicer, v2_grpc.GRPCInferenceServiceSer
             capacity_bytes=self.capacity_models * MODEL_SIZE, used_bytes=len(self.loaded) * MODEL_SIZE,
             model_count=len(self.loaded), model_types=("onnx", "pytorch"),
             start_ms=int(time.time() * 1000)), lease=self.lease)
+
+    def evict_quietly(self, model_id: str) -> None:
+        """Drops a model without deleting its copy key yet: routers still see it LOADED
+        until the next request for it here answers NOT_FOUND, after which the key goes."""
+        self.loaded.pop(model_id, None)
+        self.evicting.add(model_id)
+
+    async def _finish_eviction(self, model_id: str) -> None:
+        self.evicting.discard(model_id)
+        await self.registry.delete_copy(model_id, self.instance_id)
 
     async def crash(self) -> None:
         """Stops answering at once, leaving its keys to expire with the lease."""
@@ -113,6 +126,10 @@ class FakeRuntime(spi_grpc.ModelRuntimeServicer, v2_grpc.GRPCInferenceServiceSer
     async def ModelInfer(self, request, context):  # noqa: N802
         md = dict(context.invocation_metadata())
         mid = md.get("mm-model-id", request.model_name)
+        if mid in self.evicting:
+            task = asyncio.get_running_loop().create_task(self._finish_eviction(mid))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         if mid not in self.loaded:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"model '{mid}' is not loaded on runtime {self.instance_id}")
         self.loaded.move_to_end(mid)

@@ -159,3 +159,15 @@ async def test_concurrent_creates_of_one_key_through_a_registry_one_wins(store, 
     assert sorted(m.model_id for m in won) == [f"m{i}" for i in range(5)]  # one winner per id
     for m in won:
         assert (await reg.get_model(m.model_id)).record.path == m.path
+
+
+async def test_write_many_puts_and_deletes_in_one_go(store, keys: KeySchema) -> None:
+    lease = await store.grant_lease(30)
+    await store.put(keys.copy("gone", "i1"), b"old")
+    rev = await store.write_many([(keys.copy("a", "i1"), b"A"), (keys.copy("b", "i1"), b"B")],
+                                 [keys.copy("gone", "i1"), keys.copy("never", "i1")], lease=lease)
+    assert (await store.get(keys.copy("a", "i1"))).lease == lease
+    assert (await store.get(keys.copy("b", "i1"))).mod_revision <= rev
+    assert await store.get(keys.copy("gone", "i1")) is None
+    await store.revoke_lease(lease)
+    assert await store.get(keys.copy("a", "i1")) is None  # the puts went under the lease

@@ -1,7 +1,10 @@
 """churn-cost: what a hit and a miss cost in CPU, per process kind, under model churn.
 
-Two phases on one local mesh (etcd, runtimes, a router process), each measured from
-the processes' own CPU times (``/proc/<pid>/stat``, user + system):
+First every model is pulled into every runtime's disk cache (``loadModel`` then
+``unloadModel`` straight to each runtime; ``--cold`` skips it), so misses are what they
+are in steady state: a load from the local disk cache, not a first download. Then two
+phases on one local mesh (etcd, runtimes, a router process), each measured from the
+processes' own CPU times (``/proc/<pid>/stat``, user + system):
 
 1. *hits*: ``--callers`` closed-loop callers over a hot set that fits (loaded first), so
    every request is a hit: CPU per hit for the router, the runtimes and etcd;
@@ -26,13 +29,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from load_tests import harness, plots
 from load_tests.generator import closed_loop, grpc_sender
-from load_tests.probe import MeshProbe, delta
+from load_tests.probe import MeshProbe, delta, scrape
 from load_tests.recorder import Recorder
 from load_tests.scenarios.overhead import py_spy, hot_frames
 from load_tests.scenarios.zipf_cache import capacity_for
 from load_tests.workload import Zipf, make_models, register_all
+from mesh.proto.mmesh import model_runtime_pb2 as rpb
+from mesh.proto.mmesh import model_runtime_pb2_grpc as rpg
 
 NAME = "churn-cost"
 HELP = "CPU per hit and per miss for router, runtime and etcd under Zipf model churn"
@@ -48,6 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--callers", type=int, default=8, help="closed-loop concurrent callers")
     p.add_argument("--seconds", type=float, default=30.0, help="length of the churn phase")
     p.add_argument("--hit-seconds", type=float, default=10.0, help="length of the all-hits phase")
+    p.add_argument("--cold", action="store_true",
+                   help="skip filling the runtimes' disk caches first (misses then include first pulls)")
     p.add_argument("--profile", action="store_true",
                    help="py-spy the router and the first runtime during the churn phase (hottest frames)")
 
@@ -97,6 +106,24 @@ def miss_cost_ms(churn_cpu: dict[str, float], hit_ms: dict[str, float], hits: in
     return {k: round((churn_cpu[k] * 1e3 - hit_ms[k] * hits) / max(misses, 1), 3) for k in churn_cpu}
 
 
+async def _fill_disk_caches(mesh: harness.Mesh, models: Any) -> None:
+    """Every model into every runtime's disk cache (load, then unload, straight to it)."""
+    assert mesh.local is not None
+    for rp in mesh.local.procs:
+        async with grpc.aio.insecure_channel(rp.endpoint) as ch:
+            spi = rpg.ModelRuntimeStub(ch)
+            for m in models.ids:
+                await spi.loadModel(rpb.LoadModelRequest(modelId=m, modelType="onnx",
+                                                         modelPath=f"file://{models.paths[m]}"), timeout=60)
+                await spi.unloadModel(rpb.UnloadModelRequest(modelId=m), timeout=60)
+
+
+def _retries(metrics: str) -> dict[str, float]:
+    """The router's request retries by status code so far."""
+    return {k.partition("reason=")[2].rstrip("}") or k: v for k, v in scrape(metrics).items()
+            if k.startswith("meshserve_request_retries_total")}
+
+
 def _start_profiles(pids: dict[str, list[int]], args: argparse.Namespace,
                     out: Path) -> dict[str, tuple[subprocess.Popen[bytes] | None, Path]]:
     targets = {"router": pids["router"][0], "runtime": pids["runtime"][0]}
@@ -134,6 +161,8 @@ async def run(args: argparse.Namespace) -> Path:
             reg = await register_all(ch, models)
             send = grpc_sender(ch)
             probe = MeshProbe(ch, mesh.router_metrics)
+            if not args.cold:
+                await _fill_disk_caches(mesh, models)
             # Phase 1: a hot set well inside the room, loaded first: every request a hit.
             hot = models.ids[:max(1, per_runtime // 2)]
             for m in hot:
@@ -150,6 +179,7 @@ async def run(args: argparse.Namespace) -> Path:
             seq = [models.ids[i] for i in draws]
             churn_rec = Recorder("zipf churn")
             before = await probe.snapshot()
+            retries0 = _retries(mesh.router_metrics)
             spies = _start_profiles(pids, args, out) if args.profile else {}
             meter.start()
             t0 = time.perf_counter()
@@ -158,6 +188,7 @@ async def run(args: argparse.Namespace) -> Path:
             profiles = await _finish_profiles(spies)
             wall = time.perf_counter() - t0
             churn_mesh = delta(before, await probe.snapshot())
+            retries = {k: v - retries0.get(k, 0.0) for k, v in _retries(mesh.router_metrics).items()}
     misses = int(churn_mesh["loads"])
     hits = max(churn_rec.ok - misses, 0)
     miss_ms = miss_cost_ms({k: v for k, v in churn_cpu.items() if k in KINDS}, hit_ms, hits, misses)
@@ -169,6 +200,8 @@ async def run(args: argparse.Namespace) -> Path:
         "p99_ms": traffic["latency_ms"]["p99"], "errors": traffic["errors_by_code"],
         "requests": churn_rec.ok, "misses": misses, "miss_share": round(misses / max(churn_rec.ok, 1), 4),
         "evictions": int(churn_mesh["evictions"]),
+        "router_retries": {k: int(v) for k, v in retries.items() if v},
+        "disk_caches_filled_first": not args.cold,
         "cpu_ms_per_hit": {k: hit_ms[k] for k in KINDS} | {"sum": round(sum(hit_ms[k] for k in KINDS), 4)},
         "cpu_ms_per_miss": miss_ms | {"sum": round(sum(miss_ms.values()), 3)},
         "hit_phase": {"req_per_s": hit_rec.summary()["ok_per_s"], "p50_ms": hit_rec.pct_ms(50),

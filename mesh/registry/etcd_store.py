@@ -139,6 +139,13 @@ class EtcdStore:
         revision = int(resp.header.revision)
         return [revision if r.response_txn.succeeded else None for r in resp.responses]
 
+    async def write_many(self, puts: list[tuple[bytes, bytes]], deletes: list[bytes], *, lease: int = 0) -> int:
+        req = rpc.TxnRequest(success=[
+            *(rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=v, lease=lease)) for k, v in puts),
+            *(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k)) for k in deletes)])
+        resp = await self._txn("write", req)
+        return int(resp.header.revision)
+
     async def delete(self, key: bytes) -> bool:
         resp = await self._call(
             "delete", lambda: self._client.kvstub.DeleteRange(rpc.DeleteRangeRequest(key=key), timeout=self._timeout)

@@ -164,6 +164,14 @@ class Registry:
             prefix_unchanged=prefix,
         )
 
+    async def write_copies(self, copies: list[rec.CopyRecord], deleted: list[str], instance_id: str, *,
+                           lease: int) -> int:
+        """Puts ``copies`` (under ``lease``) and deletes the copy keys of the ``deleted``
+        models on ``instance_id``, in one transaction; returns its revision."""
+        return await self.store.write_many(
+            [(self.keys.copy(c.model_id, c.instance_id), rec.encode(c)) for c in copies],
+            [self.keys.copy(m, instance_id) for m in deleted], lease=lease)
+
     async def delete_copy(self, model_id: str, instance_id: str) -> bool:
         return await self.store.delete(self.keys.copy(model_id, instance_id))
 

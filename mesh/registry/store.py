@@ -93,6 +93,11 @@ class KVStore(Protocol):
         """
         ...
 
+    async def write_many(self, puts: list[tuple[bytes, bytes]], deletes: list[bytes], *, lease: int = 0) -> int:
+        """Puts (under ``lease``) and deletes in one transaction (keys distinct);
+        returns its revision."""
+        ...
+
     async def delete(self, key: bytes) -> bool:
         """True if the key existed."""
         ...

@@ -13,8 +13,8 @@ raises the estimate past the threshold and sends the next requests back to the p
 
 from __future__ import annotations
 
-#: Runs measured in the pool before a model may run inline.
-WARM_RUNS = 3
+#: Runs measured in the pool before a model may run inline (a slow first run keeps it there).
+WARM_RUNS = 1
 #: Weight of the newest run in the moving estimates.
 ALPHA = 0.2
 #: Requests up to this many times the typical input bytes may run inline.
