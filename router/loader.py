@@ -134,8 +134,9 @@ class Loader:
             task.add_done_callback(forget)
         remaining = deadline - self._clock.monotonic()
         try:
-            return await asyncio.wait_for(asyncio.shield(task), max(0.001, remaining))
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(max(0.001, remaining)):  # not wait_for: no extra task per waiter
+                return await asyncio.shield(task)
+        except TimeoutError:
             raise DeadlineExceeded(f"model {model_id!r} did not finish loading before the request's deadline") from None
 
     async def add_copy(self, model_id: str, deadline: float) -> str:
