@@ -13,6 +13,10 @@ processes' own CPU times (``/proc/<pid>/stat``, user + system):
    that phase's CPU less its hits at the phase-1 cost per hit, divided by the misses
    (the runtimes' successful loads).
 
+A third figure isolates the runtime's own cost of a miss: ``--spi-loads`` loadModel calls
+straight to the first runtime (two in flight), cycling over every model, so each load
+comes from the disk cache and evicts one (runtime and etcd CPU per load, loads/s).
+
 Reported beside req/s and p50/p99 of the churn phase, so the cost of model churn is
 tracked from run to run. Needs a local mesh (process ids); ``--target`` is refused.
 """
@@ -55,6 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--callers", type=int, default=8, help="closed-loop concurrent callers")
     p.add_argument("--seconds", type=float, default=30.0, help="length of the churn phase")
     p.add_argument("--hit-seconds", type=float, default=10.0, help="length of the all-hits phase")
+    p.add_argument("--spi-loads", type=int, default=600,
+                   help="loadModel calls straight to one runtime for the runtime-only miss cost (0 = skip)")
     p.add_argument("--cold", action="store_true",
                    help="skip filling the runtimes' disk caches first (misses then include first pulls)")
     p.add_argument("--profile", action="store_true",
@@ -118,6 +124,34 @@ async def _fill_disk_caches(mesh: harness.Mesh, models: Any) -> None:
                 await spi.unloadModel(rpb.UnloadModelRequest(modelId=m), timeout=60)
 
 
+async def _spi_loads(mesh: harness.Mesh, models: Any, n: int, pids: dict[str, list[int]]) -> dict[str, Any]:
+    """CPU per loadModel on one runtime (every load evicts one), then the models it holds unloaded."""
+    assert mesh.local is not None
+    rp = mesh.local.procs[0]
+    meter = CpuMeter({"runtime": [rp.proc.pid], "etcd": pids["etcd"]})
+    async with grpc.aio.insecure_channel(rp.endpoint) as ch:
+        spi = rpg.ModelRuntimeStub(ch)
+
+        async def load(i: int) -> None:
+            m = models.ids[i % len(models.ids)]
+            await spi.loadModel(rpb.LoadModelRequest(modelId=m, modelType="onnx", modelPath=f"file://{models.paths[m]}"),
+                                timeout=60)
+
+        for i in range(len(models.ids)):  # fill the room first: then every load evicts
+            await load(i)
+        meter.start()
+        t0 = time.perf_counter()
+        for i in range(0, n, 2):
+            await asyncio.gather(load(i), load(i + 1))
+        took = time.perf_counter() - t0
+        cpu = meter.stop()
+        for m in models.ids:
+            await spi.unloadModel(rpb.UnloadModelRequest(modelId=m), timeout=60)
+    loads = n - n % 2
+    return {"loads": loads, "loads_per_s": round(loads / took, 1),
+            "cpu_ms_per_load": {k: round(v * 1e3 / max(loads, 1), 3) for k, v in cpu.items()}}
+
+
 def _retries(metrics: str) -> dict[str, float]:
     """The router's request retries by status code so far."""
     return {k.partition("reason=")[2].rstrip("}") or k: v for k, v in scrape(metrics).items()
@@ -163,6 +197,7 @@ async def run(args: argparse.Namespace) -> Path:
             probe = MeshProbe(ch, mesh.router_metrics)
             if not args.cold:
                 await _fill_disk_caches(mesh, models)
+            spi_only = await _spi_loads(mesh, models, args.spi_loads, pids) if args.spi_loads else {}
             # Phase 1: a hot set well inside the room, loaded first: every request a hit.
             hot = models.ids[:max(1, per_runtime // 2)]
             for m in hot:
@@ -204,6 +239,7 @@ async def run(args: argparse.Namespace) -> Path:
         "disk_caches_filled_first": not args.cold,
         "cpu_ms_per_hit": {k: hit_ms[k] for k in KINDS} | {"sum": round(sum(hit_ms[k] for k in KINDS), 4)},
         "cpu_ms_per_miss": miss_ms | {"sum": round(sum(miss_ms.values()), 3)},
+        "runtime_only_loads": spi_only,
         "hit_phase": {"req_per_s": hit_rec.summary()["ok_per_s"], "p50_ms": hit_rec.pct_ms(50),
                       "p99_ms": hit_rec.pct_ms(99), "loads": hit_mesh["loads"]},
         "cpu_s": {"hit_phase": hit_cpu, "churn_phase": churn_cpu}, "churn_wall_s": round(wall, 2),
