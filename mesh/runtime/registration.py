@@ -104,14 +104,17 @@ class Registration:
                            ("lease", self._lease_loop())):
             self._tasks.append(loop.create_task(coro, name=f"registration-{name}"))
 
-    async def stop(self) -> None:
-        """Stops the loops and revokes the lease: the record and every copy key vanish."""
+    async def stop(self, *, revoke: bool = True) -> None:
+        """Stops the loops and revokes the lease: the record and every copy key vanish.
+
+        ``revoke=False`` leaves the keys to expire with the lease (what a crash does).
+        """
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         if self._keeper is not None:
-            await self._keeper.stop(revoke=True)
+            await self._keeper.stop(revoke=revoke)
 
     async def mark_shutting_down(self) -> None:
         """Writes ``shutting_down`` at once, so placement stops choosing this runtime."""
@@ -137,8 +140,14 @@ class Registration:
         self._record_dirty.set()
 
     async def flush_copy(self, model_id: str, timeout_s: float) -> bool:
-        """Waits until the latest state of ``model_id``'s copy key is in etcd."""
+        """Waits until the latest state of ``model_id``'s copy key is in etcd (a LOADING
+        write still in its delay is written now)."""
         target = self._desired_seq.get(model_id, 0)
+        copy = self._desired.get(model_id)
+        if copy is not None and copy.state == rec.LOADING and model_id not in self._loading_due:
+            self._loading_due.add(model_id)
+            self._pending.add(model_id)
+            self._copies_dirty.set()
 
         def written() -> bool:
             return model_id not in self._desired_seq or self._written_seq.get(model_id, 0) >= target
