@@ -358,6 +358,7 @@ def main() -> None:
     p.add_argument("--scan-length", type=int, default=200)
     p.add_argument("--runtimes", type=int, default=2, help="mesh: runtimes sharing the capacity")
     p.add_argument("--quick", action="store_true", help="a quarter of the requests")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for results.json")
     args = p.parse_args()
     if args.quick:
         args.requests //= 4
@@ -366,7 +367,7 @@ def main() -> None:
     report |= run_families(args)
     report["seconds"] = round(time.time() - t0, 1)
     print(f"\n{report['seconds']} s")
-    save_json(RESULTS, report)
+    save_json(args.out, report)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ it without changing it. The cache feeds it with :meth:`AdaptiveState.record`
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -51,6 +52,9 @@ STEP_DECAY = 0.98
 RESTART = 0.05
 #: Requests per loaded model in one climber sample (Caffeine: 10).
 CLIMB_SAMPLE = 10
+#: Counters saturate here (Caffeine: 15, 4 bits). Bytes allow more, and with sizes a
+#: saturated count ranks a hot 2 GiB model with a lukewarm 20 MiB one.
+COUNTER_CAP = 31
 #: A shorter memory replaces the longest only when its shadow hits this much more.
 SHADOW_MARGIN = 0.03
 
@@ -84,7 +88,7 @@ class AdaptiveState:
         self.memories = tuple(max(1.0, sample_factor / d) for d in (1, 4, 16))
         #: Index into ``memories`` of the memory the decision uses (0: the longest).
         self.active = 0
-        self.sketch = FrequencySketch(sketch_width, period=sample_factor * 16)
+        self.sketch = FrequencySketch(sketch_width, period=sample_factor * 16, cap=COUNTER_CAP)
         self.shadow_rate = shadow_rate
         small = max(16, 1 << max(4, int(sketch_width * shadow_rate).bit_length() - 1))
         self.miniatures = [Miniature(m, small) for m in self.memories] if climb and shadow_rate > 0 else []
@@ -141,7 +145,12 @@ class AdaptiveState:
             best = max(range(len(scores)), key=lambda i: (scores[i], -i))
             # The longest memory unless a shorter one is clearly better: the shadows are
             # samples, and on a stable popularity their scores differ by noise only.
-            self.active = 0 if scores[0] >= (1 - SHADOW_MARGIN) * scores[best] else best
+            chosen = 0 if scores[0] >= (1 - SHADOW_MARGIN) * scores[best] else best
+            # Switching to a shorter memory: age the counts as if it had always been
+            # that short (a halving per halving of the memory), so stale counts go now.
+            for _ in range(int(round(math.log2(self.memories[self.active] / self.memories[chosen])))):
+                self.sketch.reset()
+            self.active = chosen
         change = hit_ratio - self._previous
         amount = self._step if change >= 0 else -self._step
         self._step = (STEP if amount >= 0 else -STEP) if abs(change) >= RESTART else STEP_DECAY * amount
