@@ -5,10 +5,12 @@ pushed out of the window (the *candidate*) must win *admission* against the
 main segment's weakest model (the *victim*) on its recent request frequency,
 estimated by a count-min sketch with a doorkeeper and periodic halving
 (:mod:`mesh.policy.sketch`); the loser is evicted. The window's share of the
-capacity is hill-climbed on the hit ratio (Caffeine's climber: step 6.25 % of
-the capacity, decaying x0.98 per sample, restarting when the hit ratio moves by
-5 %), so a recency-friendly (drifting) workload grows the window and a
-frequency-friendly one shrinks it.
+capacity is hill-climbed on the hit ratio (Caffeine's climber). Beyond
+W-TinyLFU, the sketch's *memory* (how many requests it remembers before halving)
+is chosen by miniature simulation: shadow caches replay a hashed sample of the
+requests with a long, a medium and a short memory, and the decision uses the one
+that hits most, so a stable popularity gets a long, low-noise memory and a
+drifting hot set a short one.
 
 What differs, because a model load is not a cache insert:
 
@@ -30,9 +32,11 @@ What differs, because a model load is not a cache insert:
   displacing ten costly small ones.
 
 State: :class:`AdaptiveState`, owned by the runtime's cache and handed to the
-decision through ``CacheView.state``. It is the sketch (fixed size) and the
-climber (a handful of numbers); it grows with nothing, and the decision reads
-it without changing it. The cache feeds it with :meth:`AdaptiveState.record`
+decision through ``CacheView.state``. It is the sketch (fixed size), the
+climber (a handful of numbers) and three shadow caches (each at most the
+models that fit a ``shadow_rate`` share of the capacity, with a sketch of
+``shadow_rate x sketch_width``); it grows with nothing registered, and the
+decision reads it without changing it. The cache feeds it with :meth:`AdaptiveState.record`
 (every request) and :meth:`AdaptiveState.missed` (every load).
 """
 
