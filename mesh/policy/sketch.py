@@ -1,8 +1,9 @@
 """A bounded frequency estimate of every model a runtime was asked for.
 
-TinyLFU's count-min sketch (Einziger, Friedman, Manes, 2017) as Caffeine runs it:
-``depth`` rows of ``width`` counters saturating at 15, one counter per row per
-key; the estimate is the row minimum. In front of it a *doorkeeper* (one bit
+TinyLFU's count-min sketch (Einziger, Friedman, Manes, 2017) much as Caffeine
+runs it: ``depth`` rows of ``width`` byte counters saturating at ``cap``
+(Caffeine: 15), one counter per row per key, conservative update; the estimate
+is the row minimum. In front of it a *doorkeeper* (one bit
 per slot, two slots per key) absorbs each key's first occurrence per period, so
 one-off requests (a scan) never reach the counters. After ``period`` recorded
 requests every counter is halved and the doorkeeper cleared (the *reset*): a
