@@ -138,7 +138,7 @@ class RuntimeSettings(CommonSettings):
     #: Instance-record updates are coalesced: at most one write per this interval.
     record_interval_s: float = 1.0
     #: Eviction policy when the policy document sets none for this runtime: ``lru``,
-    #: ``lfu``, ``gdsf``, ``ttl``, ``package.module:function``, or a JSON spec such as
+    #: ``lfu``, ``gdsf``, ``ttl``, ``adaptive``, ``package.module:function``, or a JSON spec such as
     #: ``{"policy": "ttl", "idle_s": 60}`` (README "Policies").
     eviction_policy: EvictionSetting = Field(default="lru", validate_default=True)
     #: A policy document (JSON or YAML) used while the registry's ``config/policy``
