@@ -34,6 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "the policy document sets none for this runtime (env MESHSERVE_EVICTION_POLICY; default lru)")
     p.add_argument("--policy-file", help="policy document (JSON/YAML) used while the registry's config/policy is "
                    "unset (env MESHSERVE_POLICY_FILE)")
+    p.add_argument("--allow-pickle", action="store_true", default=None,
+                   help="load pickle-based scikit-learn files (.joblib, .pkl, .pickle): unpickling runs the file's "
+                   "code, so only where every model source is trusted (env MESHSERVE_ALLOW_PICKLE; default off)")
+    p.add_argument("--custom-model-types", help="package.module:Class custom model types this runtime may load, "
+                   "comma-separated (env MESHSERVE_CUSTOM_MODEL_TYPES)")
 
 
 def make_fetcher(settings: RuntimeSettings, observer: PullObserver | None = None) -> Fetcher:
