@@ -35,6 +35,7 @@ from router.policy import RouterPolicy, tuned
 from router.runtimes import RuntimeClients
 from router.scaler import Scaler
 from router.settings import RouterSettings
+from router.splits import SplitChooser
 from router.table import RoutingTable
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ class RouterServer:
         self.keys = KeySchema(settings.mesh)
         self.registry = Registry(self.store, self.keys)
         self.mirror = RegistryMirror(self.store, self.keys)
-        self.table = RoutingTable(self.mirror, self.clock)
+        self.table = RoutingTable(self.mirror, self.clock, splits=SplitChooser(settings.split_seed))
+        self.table.on_split = lambda vmodel_id, model_id: self.metrics.split_requests.labels(vmodel_id, model_id).inc()
         self.tls = server_tls(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         self.tokens = TokenFile(settings.auth_token_file) if settings.auth_token_file else None
         spi_token = TokenFile(settings.runtime_token_file).first() if settings.runtime_token_file else ""
@@ -71,7 +73,8 @@ class RouterServer:
                                    self.metrics)
         self.tasks = TaskSet("router")
         self.management = Management(settings, self.registry, self.table, self.loader, self.runtimes, self.clock, self.tasks)
-        self.admin = Admin(self.registry, self.table, self.clock, self.management.status, self.policy.live)
+        self.admin = Admin(self.registry, self.table, self.clock, self.management.status, self.policy.live,
+                           vmodels=self.management.vmodels)
         self.frontdoor = FrontDoor(self.forwarder, self.table, settings.default_timeout_s, self.metrics)
         self.scaler = Scaler(settings, self.table, self.loader, self.forwarder, self.management,
                              self.runtimes, self.clock)

@@ -48,3 +48,6 @@ class RouterSettings(CommonSettings):
     #: A file whose first token this router presents on SPI calls to runtimes that
     #: require one (their ``spi_token_file``); "" = none.
     runtime_token_file: str = ""
+    #: Seed of the per-request draw of traffic-split targets (unset: random). Callers
+    #: sending ``mm-split-key`` get a draw fixed by that key instead.
+    split_seed: int | None = None

@@ -281,11 +281,12 @@ def test_cli_says_cannot_reach_only_when_no_router_answers(etcd_server, mesh_nam
     cli = [sys.executable, "-m", "mesh.cli"]
     try:
         with start_router(etcd_server.endpoint, mesh_name) as r:
-            reg = subprocess.run([*cli, "register", "pt", "--type", "pytorch", "--path", str(tmp_path / "m.pt"),
-                                  "--router", r.endpoint], cwd=ROOT, capture_output=True, text=True, timeout=60)
+            reg = subprocess.run([*cli, "register", "gpu-only", "--type", "onnx", "--path", str(tmp_path / "m.onnx"),
+                                  "--label", "require.gpu=h100", "--router", r.endpoint], cwd=ROOT, capture_output=True,
+                                 text=True, timeout=60)
             assert reg.returncode == 0, reg.stderr
-            # No runtime serves pytorch: the router answers UNAVAILABLE, and the CLI says so, not "cannot reach".
-            out = subprocess.run([*cli, "infer", "pt", "--input", "[[1.0]]", "--router", r.endpoint], cwd=ROOT,
+            # No runtime is labelled gpu=h100: the router answers UNAVAILABLE, and the CLI says so, not "cannot reach".
+            out = subprocess.run([*cli, "infer", "gpu-only", "--input", "[[1.0]]", "--router", r.endpoint], cwd=ROOT,
                                  capture_output=True, text=True, timeout=120)
             assert out.returncode == 1 and "UNAVAILABLE" in out.stderr and "cannot reach" not in out.stderr, out.stderr
         nobody = f"127.0.0.1:{free_port()}"

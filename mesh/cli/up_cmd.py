@@ -24,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="register generated models, send inference, show placements and an eviction, then exit")
     p.add_argument("--log-level", default="WARNING", help="log level of this process (default WARNING)")
     up_security.add_arguments(p)
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="runtimes load pickle-based scikit-learn files (.joblib, .pkl): only for trusted models")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
     async def main(stop: asyncio.Event) -> int:
         local = LocalMesh(runtimes=args.runtimes, listen=args.listen, etcd=args.etcd, capacity=args.capacity,
                           data_dir=data_dir, mesh=args.mesh, metrics_listen=args.metrics_listen,
-                          runtime_args=tuple(security.runtime_args), router_options=security.router_options,
-                          etcd_tls=security.etcd_tls, model_roots=roots, client_ca=security.client_ca)
+                          runtime_args=tuple(security.runtime_args) + (("--allow-pickle",) if args.allow_pickle else ()),
+                          router_options=security.router_options, etcd_tls=security.etcd_tls, model_roots=roots,
+                          client_ca=security.client_ca)
         try:
             await local.start()
             print(f"meshserve up: router on {local.endpoint}, {len(local.procs)} runtime(s), "
