@@ -128,8 +128,7 @@ def start_runtime(
         # Never the user's ~/.cache: each test runtime gets a fresh model cache.
         args += ["--cache-dir", tempfile.mkdtemp(prefix="meshserve-test-cache-")]
     args += list(extra_args)
-    # Test models live in temp folders: the runtime's model roots must include them.
-    full_env = {"MESHSERVE_MODEL_ROOTS": tempfile.gettempdir(), **os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=log_file,
                                    text=True, start_new_session=True,

@@ -168,8 +168,7 @@ async def test_runtime_churn_guard_refuses_to_evict_young_models_when_the_mesh_i
     model_file = tmp_path / "m.bin"
     model_file.write_bytes(b"x" * 1_000_000)  # charged 1.5 MB + 64 KiB: room for one
     settings = RuntimeSettings(etcd=etcd_server.endpoint, mesh=mesh_name, listen="127.0.0.1:0", capacity=2_000_000,
-                               metrics_listen="127.0.0.1:0", eviction_policy='{"policy": "lru", "min_age_s": 60}',
-                               model_roots=str(tmp_path))
+                               metrics_listen="127.0.0.1:0", eviction_policy='{"policy": "lru", "min_age_s": 60}')
     server = RuntimeServer(settings, LocalFetcher(), backends=BackendRegistry([GatedBackend()]))
     await server.start()
     try:

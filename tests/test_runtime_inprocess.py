@@ -91,7 +91,7 @@ def _request(model: str) -> pb.ModelInferRequest:
 
 async def _start(etcd: LocalEtcd, mesh: str, capacity: int, backend: GatedBackend) -> RuntimeServer:
     settings = RuntimeSettings(etcd=etcd.endpoint, mesh=mesh, listen="127.0.0.1:0", capacity=capacity,
-                               shutdown_grace_s=20, record_interval_s=0.05, model_roots="/")
+                               shutdown_grace_s=20, record_interval_s=0.05)
     server = RuntimeServer(settings, LocalFetcher(), backends=BackendRegistry([backend]))
     await server.start()
     return server
