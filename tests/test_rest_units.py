@@ -1,0 +1,102 @@
+"""The REST codecs and URL parsing on their own (no servers): the cases that
+are awkward to reach end to end."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import orjson
+import pytest
+from tritonclient.grpc import service_pb2 as pb
+
+from mesh.errors import InvalidArgument, MessageTooLarge, ModelLoadingFailed, NotFound, Unimplemented
+from router.rest import tensors, v1, v2
+from router.rest.app import parse_timeout
+from router.rest.errors import http_status
+from router.rest.paths import Route, route
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("/v1/models", Route("v1_list", "GET")),
+    ("/v1/models/", Route("v1_list", "GET")),
+    ("/v1/models/a%2Fb%3Ac%40d", Route("v1_model", "GET", "a/b:c@d")),
+    ("/v1/models/a/b:c:predict?x=1", Route("v1_predict", "POST", "a/b:c")),
+    ("/v1/models/a%3Apredict:predict", Route("v1_predict", "POST", "a:predict")),
+    ("/v2", Route("v2_server", "GET")),
+    ("/v2/health/live", Route("v2_live", "GET")),
+    ("/v2/models/a%2Fversions%2F1/infer", Route("v2_infer", "POST", "a/versions/1")),
+    ("/v2/models/a/b/versions/3/infer", Route("v2_infer", "POST", "a/b", "3")),
+    ("/v2/models/m/versions/3/ready", Route("v2_model_ready", "GET", "m", "3")),
+    ("/v2/models/m%40x", Route("v2_metadata", "GET", "m@x")),
+    ("/v2/models/m/versions/2", Route("v2_metadata", "GET", "m", "2")),
+])
+def test_routes_decode_names_after_splitting(raw: str, expected: Route) -> None:
+    assert route(raw) == expected
+
+
+def test_route_errors() -> None:
+    with pytest.raises(NotFound, match="no endpoint at '/v3'"):
+        route("/v3")
+    with pytest.raises(InvalidArgument, match="names no model"):
+        route("/v2/models//infer")
+    with pytest.raises(InvalidArgument, match="not valid percent-encoded UTF-8"):
+        route("/v2/models/%ff/infer")
+    with pytest.raises(Unimplemented, match="explain"):
+        route("/v1/models/m:explain")
+
+
+def test_timeouts_and_statuses() -> None:
+    assert parse_timeout("2.5", "t") == 2.5 and parse_timeout("500ms", "t") == 0.5 and parse_timeout("1m", "t") == 60
+    with pytest.raises(InvalidArgument, match="not a positive duration"):
+        parse_timeout("soon", "t")
+    assert http_status(ModelLoadingFailed("x")) == 503 and http_status(MessageTooLarge("x")) == 413
+    assert http_status(InvalidArgument("x")) == 400 and http_status(NotFound("x")) == 404
+
+
+def test_json_data_is_checked_not_cast() -> None:
+    assert tensors.array_from_json([[1, 2], [3, 4]], "INT8", "f").dtype == np.int8
+    for data, dt, msg in (([300], "INT8", "outside the range of INT8"), ([-1], "UINT8", "outside the range"),
+                          ([2], "BOOL", "true/false"), ([1.5], "INT64", "whole numbers"),
+                          ([None], "FP32", "mixed values"), (["x"], "FP32", "strings")):
+        with pytest.raises(InvalidArgument, match=msg):
+            tensors.array_from_json(data, dt, "f")
+    assert tensors.array_from_json([1.0, 2.0], "BF16", "f").dtype.name == "bfloat16"
+
+
+def test_bytes_tensors_are_length_prefixed_both_ways() -> None:
+    raw, n = tensors.encode_bytes([["ab", "c"], ["", "dé"]], "f")
+    assert n == 4 and raw[:6] == struct.pack("<I", 2) + b"ab"
+    assert tensors.decode_bytes(raw, "f") == [b"ab", b"c", b"", "dé".encode()]
+    assert tensors.array_from_raw(raw, "BYTES", (2, 2), "f") == [["ab", "c"], ["", "dé"]]
+    with pytest.raises(InvalidArgument, match="runs past the end"):
+        tensors.decode_bytes(struct.pack("<I", 9) + b"abc", "f")
+    req = v2.decode_request(orjson.dumps({"inputs": [{"name": "S", "shape": [2], "datatype": "BYTES",
+                                                      "data": ["x", "yz"]}]}), None, "m", "")
+    msg = pb.ModelInferRequest.FromString(req.message)
+    assert msg.inputs[0].datatype == "BYTES" and msg.raw_input_contents[0] == raw_of(["x", "yz"])
+
+
+def raw_of(items: list[str]) -> bytes:
+    return b"".join(struct.pack("<I", len(s.encode())) + s.encode() for s in items)
+
+
+def test_v2_response_mixes_binary_and_json_outputs() -> None:
+    resp = pb.ModelInferResponse(model_name="m", model_version="1", id="q")
+    a, b = np.arange(4, dtype=np.float32), np.array([1, 2], dtype=np.int64)
+    for name, arr, dt in (("A", a, "FP32"), ("B", b, "INT64")):
+        resp.outputs.add(name=name, datatype=dt, shape=list(arr.shape))
+        resp.raw_output_contents.append(arr.tobytes())
+    req = v2.InferRequest(b"", binary_outputs={"A": True}, binary_default=False)
+    body, n = v2.encode_response(resp.SerializeToString(), req)
+    assert n is not None
+    head = orjson.loads(body[:n])
+    assert head["id"] == "q" and head["outputs"][0]["parameters"] == {"binary_data_size": 16}
+    assert head["outputs"][1]["data"] == [1, 2] and body[n:] == a.tobytes()
+    # V1: several outputs sharing a batch become one object per row.
+    resp2 = pb.ModelInferResponse(model_name="m")
+    for name, arr, dt in (("A", a.reshape(2, 2), "FP32"), ("B", b, "INT64")):
+        resp2.outputs.add(name=name, datatype=dt, shape=list(arr.shape))
+        resp2.raw_output_contents.append(arr.tobytes())
+    assert orjson.loads(v1.encode_predictions(resp2.SerializeToString())) == {
+        "predictions": [{"A": [0.0, 1.0], "B": 1}, {"A": [2.0, 3.0], "B": 2}]}
