@@ -126,3 +126,13 @@ async def test_open_loop_charges_a_stall_to_the_requests_that_waited() -> None:
     assert rec.ok == lag["intended_requests"] > 10  # the stall did not thin out the arrivals
     # The first request waited the whole stall (sleep waits at least that long).
     assert rec.summary()["latency_ms"]["max"] >= 250
+
+
+@pytest.mark.timeout(240)
+def test_rest_smoke(tmp_path: Path) -> None:
+    s = run_scenario(tmp_path, "rest", "--seconds", "1", "--rate", "30", "--callers", "2", "--warmup", "5",
+                     "--rounds", "1")
+    for path in ("grpc", "rest-json", "rest-binary", "rest-v1"):
+        assert_latency(s[path]["open_loop"])
+        assert s[path]["saturated"]["ok_per_s"] > 0 and s[path]["saturated"]["errors"] == 0
+    assert s["ratios"]["rest-binary_over_grpc"]["saturated_rps"] > 0

@@ -8,6 +8,7 @@ sent raw as Triton does: each a 4-byte little-endian length, then its bytes.
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
@@ -31,7 +32,7 @@ def check_datatype(datatype: Any, field: str) -> str:
 
 
 def element_count(shape: tuple[int, ...]) -> int:
-    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+    return math.prod(shape)  # np.prod costs ~15 us a call: this is per tensor on the hot path
 
 
 def array_from_json(data: Any, datatype: str, field: str) -> np.ndarray:
