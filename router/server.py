@@ -146,11 +146,12 @@ class RouterServer:
         self.frontdoor.set_ready(False)
         self.core.set_ready(False)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        # Both doors drain at once: in-flight REST requests still need the runtime clients.
+        doors = [self._server.stop(grace_s)] if self._server is not None else []
         if self.rest is not None:
-            await self.rest.stop(grace_s)
-            self.rest = None
-        if self._server is not None:
-            await self._server.stop(grace_s)
+            doors.append(self.rest.stop())
+        await asyncio.gather(*doors)
+        self.rest = None
         await self.tasks.close()
         await self.mirror.stop()
         await self.runtimes.close()

@@ -47,8 +47,10 @@ def _json(doc: object, status: int = 200) -> web.Response:
 class RestServer:
     """``start()`` returns once the port is bound; ``endpoint`` is HOST:PORT."""
 
-    def __init__(self, core: InferenceCore, listen: str, max_body_bytes: int, version: str) -> None:
+    def __init__(self, core: InferenceCore, listen: str, max_body_bytes: int, version: str,
+                 shutdown_timeout_s: float = 5.0) -> None:
         self._core = core
+        self._shutdown_timeout = shutdown_timeout_s
         self._listen = listen
         self._max = max_body_bytes
         self._version = version
@@ -69,7 +71,8 @@ class RestServer:
         # The body limit is enforced in _body (with our message); aiohttp's own is a backstop.
         app = web.Application(client_max_size=self._max + 1)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # On stop, requests in flight get shutdown_timeout_s to finish; idle keep-alives close at once.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=self._shutdown_timeout)
         await runner.setup()
         site = web.TCPSite(runner, host, port, backlog=1024)
         try:
@@ -80,7 +83,7 @@ class RestServer:
         self._runner = runner
         self.port = int(runner.addresses[0][1])
 
-    async def stop(self, grace_s: float = 5.0) -> None:
+    async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.shutdown()
             await self._runner.cleanup()
