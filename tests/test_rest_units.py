@@ -100,3 +100,22 @@ def test_v2_response_mixes_binary_and_json_outputs() -> None:
         resp2.raw_output_contents.append(arr.tobytes())
     assert orjson.loads(v1.encode_predictions(resp2.SerializeToString())) == {
         "predictions": [{"A": [0.0, 1.0], "B": 1}, {"A": [2.0, 3.0], "B": 2}]}
+
+
+def test_router_command_serves_rest_on_8008_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mesh.cli import build_parser
+    from mesh.cli.router_cmd import settings_from
+
+    def rest(*argv: str) -> str:
+        return settings_from(build_parser().parse_args(["router", *argv])).rest_listen
+
+    monkeypatch.delenv("MESHSERVE_REST_LISTEN", raising=False)
+    assert rest() == "0.0.0.0:8008"
+    assert rest("--rest-listen", "127.0.0.1:9000") == "127.0.0.1:9000"
+    assert rest("--rest-listen", "") == ""
+    monkeypatch.setenv("MESHSERVE_REST_LISTEN", "")
+    assert rest() == ""
+    monkeypatch.setenv("MESHSERVE_REST_LISTEN", "10.0.0.1:8080")
+    assert rest() == "10.0.0.1:8080"
+    with pytest.raises(InvalidArgument, match="rest-listen"):
+        rest("--rest-listen", "nope")

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from typing import TYPE_CHECKING
 
 from mesh.cli.common import add_registry_arguments, build_settings, run_until_signal, setup_logging
+
+if TYPE_CHECKING:
+    from router.settings import RouterSettings
 
 HELP = "run a router: ModelMesh management API, MeshAdmin and KServe V2 inference on one port, REST on another"
 #: The REST port when neither --rest-listen nor MESHSERVE_REST_LISTEN says (KServe's 8008).
@@ -25,13 +29,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(env MESHSERVE_POLICY_FILE)")
 
 
-def run(args: argparse.Namespace) -> int:
-    from router.server import RouterServer
+def settings_from(args: argparse.Namespace) -> "RouterSettings":
+    """Flags over ``MESHSERVE_*``; REST on DEFAULT_REST_LISTEN unless either says otherwise."""
     from router.settings import RouterSettings
 
     settings = build_settings(RouterSettings, args)
     if "rest_listen" not in settings.model_fields_set:  # neither the flag nor the environment said
         settings = build_settings(RouterSettings, args, rest_listen=DEFAULT_REST_LISTEN)
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    from router.server import RouterServer
+
+    settings = settings_from(args)
     setup_logging(settings.log_level)
 
     async def main(stop: asyncio.Event) -> int:
