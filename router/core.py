@@ -22,7 +22,7 @@ from cachetools import TTLCache
 from tritonclient.grpc import service_pb2 as v2
 
 from mesh.clock import Clock
-from mesh.errors import DeadlineExceeded, InvalidArgument, MeshError
+from mesh.errors import DeadlineExceeded, Internal, MeshError
 from mesh.registry import records as rec
 from router.forward import Forwarder, Metadata
 from router.metrics import RouterMetrics
@@ -117,7 +117,7 @@ class InferenceCore:
         try:
             resp = v2.ModelMetadataResponse.FromString(raw)
         except Exception:  # protobuf's DecodeError and friends
-            raise InvalidArgument(f"model {model_id!r}: the runtime sent an unreadable ModelMetadataResponse") from None
+            raise Internal(f"model {model_id!r}: the runtime sent an unreadable ModelMetadataResponse") from None
         self._signatures[model_id] = (self._fingerprint(model_id), resp)
         return resp
 

@@ -119,3 +119,53 @@ def test_router_command_serves_rest_on_8008_unless_told(monkeypatch: pytest.Monk
     assert rest() == "10.0.0.1:8080"
     with pytest.raises(InvalidArgument, match="rest-listen"):
         rest("--rest-listen", "nope")
+
+
+class CountingForwarder:
+    """The part of router.forward.Forwarder that InferenceCore calls: answers ModelMetadata."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def forward(self, method: str, body: bytes, metadata: object, timeout_s: float) -> bytes:
+        self.calls += 1
+        resp = pb.ModelMetadataResponse(name="m", versions=["1"], platform="onnxruntime_onnx")
+        resp.inputs.add(name="INPUT0", datatype="FP32", shape=[-1, self.calls])
+        return resp.SerializeToString()
+
+
+async def test_signatures_are_memoized_until_the_copy_or_registration_changes_or_ttl() -> None:
+    from mesh.clock import FakeClock
+    from mesh.registry import records as rec
+    from mesh.registry.keys import KeySchema
+    from mesh.registry.memory_store import MemoryStore
+    from mesh.registry.mirror import RegistryMirror
+    from mesh.registry.registry import Registry
+    from router.core import InferenceCore
+    from router.table import RoutingTable
+
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    await store.start()
+    keys = KeySchema("memo")
+    registry, mirror = Registry(store, keys), RegistryMirror(store, keys)
+    await mirror.start()
+    fwd = CountingForwarder()
+    core = InferenceCore(fwd, RoutingTable(mirror, clock), clock, 60.0, metadata_ttl_s=300)  # type: ignore[arg-type]
+
+    async def shape() -> list[int]:
+        return list((await core.metadata("m")).inputs[0].shape)
+
+    try:
+        await mirror.wait_for(await registry.create_model(rec.ModelRecord("m", "onnx", path="/a")))
+        assert await shape() == [-1, 1] and await shape() == [-1, 1] and fwd.calls == 1
+        lease = await store.grant_lease(3600)  # outlives the clock jumps below
+        await mirror.wait_for(await registry.put_copy(rec.CopyRecord("m", "rt0", rec.LOADED, since_ms=5), lease=lease))
+        assert await shape() == [-1, 2] and await shape() == [-1, 2]  # a new copy: asked once more
+        clock.advance(301)
+        assert await shape() == [-1, 3]  # the TTL
+        await mirror.wait_for(await registry.put_model(rec.ModelRecord("m", "onnx", path="/b")))
+        assert await shape() == [-1, 4] and fwd.calls == 4  # re-registered
+    finally:
+        await mirror.stop()
+        await store.close()

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from tritonclient.grpc import service_pb2 as pb
 
-from mesh.errors import InvalidArgument
+from mesh.errors import Internal, InvalidArgument
 from mesh.runtime.tensors import decode_outputs
 from router.rest import tensors
 
@@ -149,7 +149,7 @@ def parse_response(raw: bytes) -> Any:
     try:
         return pb.ModelInferResponse.FromString(raw)
     except Exception:  # protobuf's DecodeError and friends
-        raise InvalidArgument("the runtime sent an unreadable ModelInferResponse") from None
+        raise Internal("the runtime sent an unreadable ModelInferResponse") from None
 
 
 def output_contents(resp: Any) -> list[tuple[Any, bytes]]:
