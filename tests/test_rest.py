@@ -202,6 +202,24 @@ async def test_v2_binary_extension_in_and_out(
     assert_matches(np.frombuffer(raw[n:], np.float32), spec, x)
 
 
+async def test_large_batches_over_json_and_binary(
+        http: aiohttp.ClientSession, grpc_mesh: grpc.aio.Channel, files: dict[str, Path]) -> None:
+    """Over 256 KiB, bodies are decoded and encoded off the event loop: same answers."""
+    mid, spec = await new_model(grpc_mesh, files, "onnx", "large")
+    short = np.round(modelgen.sample_input(spec, batch=4096).astype(np.float64), 1)  # ~340 KB as JSON
+    x = short.astype(np.float32)
+    tensor = {"name": "INPUT0", "shape": list(x.shape), "datatype": "FP32"}
+    status, body = await post(http, f"/v2/models/{url(mid)}/infer", {"inputs": [{**tensor, "data": short.tolist()}]})
+    assert status == 200, body
+    assert_matches(body["outputs"][0]["data"], spec, x)
+    head = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": x.nbytes}}],
+                       "parameters": {"binary_data_output": True}}).encode()
+    status, (raw, headers) = await post(http, f"/v2/models/{url(mid)}/infer", head + x.astype(np.float32).tobytes(),
+                                        headers={"Inference-Header-Content-Length": str(len(head))})
+    assert status == 200
+    assert_matches(np.frombuffer(raw[int(headers["Inference-Header-Content-Length"]):], np.float32), spec, x)
+
+
 async def test_v2_json_round_trips_every_datatype_and_honours_requested_outputs(
         http: aiohttp.ClientSession, grpc_mesh: grpc.aio.Channel, files: dict[str, Path]) -> None:
     mid = unique("identity")

@@ -9,9 +9,11 @@ the status router/rest/errors.py gives them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -29,6 +31,10 @@ _JSON = "application/json"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m)?\s*$")
 
 Handler = Callable[[web.Request, Route], Awaitable[web.Response]]
+#: Bodies from this size on are decoded and encoded in a thread: a 100 MB JSON tensor
+#: would otherwise stall every other request on the event loop.
+OFFLOAD_BYTES = 256 * 1024
+T = TypeVar("T")
 
 
 def parse_timeout(value: str, where: str) -> float:
@@ -116,6 +122,13 @@ class RestServer:
             f"request body{f' of {n} bytes' if n is not None else ''} is over the limit of {self._max} bytes "
             "(the router's max_message_bytes, MESHSERVE_MAX_MESSAGE_BYTES); send smaller batches or raise it")
 
+    @staticmethod
+    async def _cpu(size: int, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, in the default executor when ``size`` bytes make it worth a thread."""
+        if size < OFFLOAD_BYTES:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
     def _timeout(self, request: web.Request, *more: float | None) -> float | None:
         """The tightest of the ``timeout`` query parameter, the ``Timeout`` header and ``more``."""
         given = [t for t in more if t is not None]
@@ -141,9 +154,9 @@ class RestServer:
             body = await self._body(request)
             deadline = core.deadline(self._timeout(request))
             signature = await core.metadata(r.model, timeout_s=core.remaining(deadline))
-            message = v1.decode_predict(body, r.model, signature)
+            message = await self._cpu(len(body), v1.decode_predict, body, r.model, signature)
             raw = await core.infer(message, timeout_s=core.remaining(deadline))
-            return web.Response(body=v1.encode_predictions(raw), content_type=_JSON)
+            return web.Response(body=await self._cpu(len(raw), v1.encode_predictions, raw), content_type=_JSON)
 
     # -- V2 -----------------------------------------------------------------
 
@@ -175,9 +188,10 @@ class RestServer:
         with core.track("ModelInfer", "rest", r.model):
             core.resolve(r.model)  # an unknown model is 404 whatever the body says
             body = await self._body(request)
-            decoded = v2.decode_request(body, request.headers.get(v2.HEADER_LENGTH), r.model, r.version)
+            decoded = await self._cpu(len(body), v2.decode_request, body, request.headers.get(v2.HEADER_LENGTH),
+                                      r.model, r.version)
             raw = await core.infer(decoded.message, timeout_s=self._timeout(request, decoded.timeout_s))
-            out, header_length = v2.encode_response(raw, decoded)
+            out, header_length = await self._cpu(len(raw), v2.encode_response, raw, decoded)
             if header_length is None:
                 return web.Response(body=out, content_type=_JSON)
             return web.Response(body=out, content_type="application/octet-stream",
