@@ -49,9 +49,11 @@ class InferenceCore:
 
     # -- names and state, from the mirror ------------------------------------
 
-    def resolve(self, name: str) -> str:
-        """The concrete model id for ``name`` (a vmodel first, then a model); ModelNotFound."""
-        return self._table.resolve(name, vmodel_first=True)
+    def resolve(self, name: str, *, split_key: str | None = None, count: bool = False) -> str:
+        """The concrete model id for ``name`` (a vmodel first, then a model); ModelNotFound.
+        A vmodel with a traffic split draws a target (``split_key`` fixes the draw);
+        ``count``: this is the request's routing decision (split metrics)."""
+        return self._table.resolve(name, vmodel_first=True, split_key=split_key, count=count)
 
     def model_ready(self, name: str) -> bool:
         """Registered (ModelNotFound otherwise) and loaded somewhere."""
@@ -106,13 +108,16 @@ class InferenceCore:
         """A serialized ModelInferRequest in, the runtime's ModelInferResponse bytes out."""
         return await self._fwd.forward(INFER, request, metadata, self.timeout(timeout_s))
 
-    async def metadata(self, name: str, *, timeout_s: float | None = None, version: str = "") -> v2.ModelMetadataResponse:
-        """The model's ModelMetadata (loads it on a miss), memoized per concrete model."""
-        model_id = self.resolve(name)
+    async def metadata(self, name: str, *, timeout_s: float | None = None, version: str = "",
+                       split_key: str | None = None) -> v2.ModelMetadataResponse:
+        """The ModelMetadata of the model ``name`` resolves to (loads it on a miss), memoized
+        per concrete model. Resolve first and pass the concrete id to keep a split vmodel's
+        signature and inference on the same target."""
+        model_id = self.resolve(name, split_key=split_key)
         hit = self._signatures.get(model_id)
         if hit is not None and hit[0] == self._fingerprint(model_id):
             return hit[1]
-        body = v2.ModelMetadataRequest(name=name, version=version).SerializeToString()
+        body = v2.ModelMetadataRequest(name=model_id, version=version).SerializeToString()
         raw = await self._fwd.forward(METADATA, body, (), self.timeout(timeout_s))
         try:
             resp = v2.ModelMetadataResponse.FromString(raw)

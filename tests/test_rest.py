@@ -333,6 +333,68 @@ async def test_ids_with_slash_colon_and_at_percent_encoded_and_vmodels(
     assert await get(http, f"/v1/models/{quote(vm, safe='')}") == (200, {"name": vm, "ready": True})
 
 
+async def test_split_vmodels_draw_once_per_request_and_sticky_keys_stick(
+        mesh: Mesh, http: aiohttp.ClientSession, grpc_mesh: grpc.aio.Channel, files: dict[str, Path]) -> None:
+    from mesh.proto.meshserve.v1 import admin_pb2 as adm
+    from mesh.proto.meshserve.v1 import admin_pb2_grpc as adm_grpc
+
+    a, b, vm = unique("split-a"), unique("split-b"), unique("split-vm")
+    for mid in (a, b):
+        await register(grpc_mesh, mid, files["onnx"])
+    req = adm.SetTrafficSplitRequest(vmodel_id=vm, sync=True)
+    for mid in (a, b):
+        req.targets.add(model_id=mid, weight=50)
+    await adm_grpc.MeshAdminStub(grpc_mesh).SetTrafficSplit(req, timeout=60)
+    x = modelgen.sample_input(SPEC, batch=1)
+    doc = {"inputs": [{"name": "INPUT0", "shape": [1, SPEC.in_dim], "datatype": "FP32", "data": x.tolist()}]}
+    before = await asyncio.to_thread(scrape, mesh.metrics)
+    served = []
+    for i in range(40):
+        status, body = await post(http, f"/v2/models/{url(vm)}/infer", doc)
+        assert status == 200, body
+        served.append(body["model_name"])
+        status, pred = await post(http, f"/v1/models/{url(vm)}:predict", {"instances": x.tolist()})
+        assert status == 200, pred
+        assert_matches(pred["predictions"], SPEC, x)
+    assert set(served) == {a, b}  # 2^-39 odds of one target only
+    after = await asyncio.to_thread(scrape, mesh.metrics)
+    counted = sum(after.get(f'meshserve_split_requests_total{{model="{m}",vmodel="{vm}"}}', 0.0)
+                  - before.get(f'meshserve_split_requests_total{{model="{m}",vmodel="{vm}"}}', 0.0) for m in (a, b))
+    assert counted == 80  # one draw per request, V1 included (its signature lookup draws nothing)
+    for key in ("user-1", "user-2", "user-3"):
+        got = {(await post(http, f"/v2/models/{url(vm)}/infer", doc, headers={"mm-split-key": key}))[1]["model_name"]
+               for _ in range(5)}
+        assert len(got) == 1, (key, got)
+
+
+async def test_bytes_tensors_over_v1_v2_json_and_tritonclient_http(
+        mesh: Mesh, http: aiohttp.ClientSession, grpc_mesh: grpc.aio.Channel, tmp_path: Path) -> None:
+    import tritonclient.http as httpclient
+
+    from mesh.modelgen_strings import tagger_reference, write_onnx_tagger
+
+    mid = unique("tagger")
+    await register(grpc_mesh, mid, write_onnx_tagger(tmp_path / "tagger.onnx"))
+    texts = ["hello", "wörld", "", "naïve café"]
+    want = [t.decode() for t in tagger_reference(texts)]
+    status, body = await post(http, f"/v1/models/{url(mid)}:predict", {"instances": texts})
+    assert (status, body) == (200, {"predictions": want})
+    status, body = await post(http, f"/v2/models/{url(mid)}/infer", {
+        "inputs": [{"name": "TEXT", "shape": [4], "datatype": "BYTES", "data": texts}]})
+    assert status == 200 and body["outputs"][0]["datatype"] == "BYTES" and body["outputs"][0]["data"] == want
+
+    def binary() -> list[bytes]:
+        client = httpclient.InferenceServerClient(mesh.router.rest_endpoint)
+        try:
+            inp = httpclient.InferInput("TEXT", [len(texts)], "BYTES")
+            inp.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object))
+            return list(client.infer(mid, [inp]).as_numpy("TAGGED"))
+        finally:
+            client.close()
+
+    assert await asyncio.to_thread(binary) == list(tagger_reference(texts))
+
+
 # -- errors -------------------------------------------------------------------
 
 

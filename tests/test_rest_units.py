@@ -169,3 +169,15 @@ async def test_signatures_are_memoized_until_the_copy_or_registration_changes_or
     finally:
         await mirror.stop()
         await store.close()
+
+
+def test_v1_bytes_instances_keep_their_nesting() -> None:
+    sig = pb.ModelMetadataResponse(name="t")
+    sig.inputs.add(name="TEXT", datatype="BYTES", shape=[-1, 2])
+    msg = pb.ModelInferRequest.FromString(v1.decode_predict(
+        orjson.dumps({"instances": [["a", "b"], ["c", "dé"]]}), "t", sig))
+    assert list(msg.inputs[0].shape) == [2, 2] and msg.raw_input_contents[0] == raw_of(["a", "b", "c", "dé"])
+    with pytest.raises(InvalidArgument, match="rectangular"):
+        v1.decode_predict(orjson.dumps({"instances": [["a", "b"], ["c"]]}), "t", sig)
+    with pytest.raises(InvalidArgument, match="BYTES elements must be strings"):
+        v1.decode_predict(orjson.dumps({"instances": [[1, 2]]}), "t", sig)

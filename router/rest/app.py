@@ -21,6 +21,7 @@ from aiohttp import web
 from mesh.errors import InvalidArgument, MessageTooLarge
 from mesh.settings import parse_host_port
 from router.core import InferenceCore
+from router.splits import SPLIT_KEY_HEADER
 from router.rest import v1, v2
 from router.rest.errors import error_response, to_response
 from router.rest.paths import Route, route
@@ -129,6 +130,12 @@ class RestServer:
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
+    @staticmethod
+    def _split_key(request: web.Request) -> tuple[tuple[str, str], ...]:
+        """The caller's ``mm-split-key`` header, passed on as gRPC metadata (sticky split draws)."""
+        key = request.headers.get(SPLIT_KEY_HEADER)
+        return ((SPLIT_KEY_HEADER, key),) if key else ()
+
     def _timeout(self, request: web.Request, *more: float | None) -> float | None:
         """The tightest of the ``timeout`` query parameter, the ``Timeout`` header and ``more``."""
         given = [t for t in more if t is not None]
@@ -150,11 +157,13 @@ class RestServer:
     async def _v1_predict(self, request: web.Request, r: Route) -> web.Response:
         core = self._core
         with core.track("Predict", "rest", r.model):
-            core.resolve(r.model)  # an unknown model is 404 whatever the body says
+            # One target for the signature and the inference (a split vmodel draws once);
+            # an unknown model is 404 whatever the body says.
+            model_id = core.resolve(r.model, split_key=request.headers.get(SPLIT_KEY_HEADER), count=True)
             body = await self._body(request)
             deadline = core.deadline(self._timeout(request))
-            signature = await core.metadata(r.model, timeout_s=core.remaining(deadline))
-            message = await self._cpu(len(body), v1.decode_predict, body, r.model, signature)
+            signature = await core.metadata(model_id, timeout_s=core.remaining(deadline))
+            message = await self._cpu(len(body), v1.decode_predict, body, model_id, signature)
             raw = await core.infer(message, timeout_s=core.remaining(deadline))
             return web.Response(body=await self._cpu(len(raw), v1.encode_predictions, raw), content_type=_JSON)
 
@@ -190,7 +199,8 @@ class RestServer:
             body = await self._body(request)
             decoded = await self._cpu(len(body), v2.decode_request, body, request.headers.get(v2.HEADER_LENGTH),
                                       r.model, r.version)
-            raw = await core.infer(decoded.message, timeout_s=self._timeout(request, decoded.timeout_s))
+            raw = await core.infer(decoded.message, timeout_s=self._timeout(request, decoded.timeout_s),
+                                   metadata=self._split_key(request))
             out, header_length = await self._cpu(len(raw), v2.encode_response, raw, decoded)
             if header_length is None:
                 return web.Response(body=out, content_type=_JSON)

@@ -77,6 +77,17 @@ def _flatten(data: Any, out: list[Any]) -> None:
         out.append(data)
 
 
+def nesting(data: Any, count: int, field: str) -> tuple[int, ...]:
+    """The shape of nested lists of ``count`` strings (a BYTES tensor in JSON)."""
+    try:
+        shape = tuple(np.asarray(data, dtype=object).shape)
+    except ValueError:
+        shape = ()
+    if element_count(shape) != count:  # ragged rows make a 1-D array of lists
+        raise InvalidArgument(f"{field}: nested lists must be rectangular (every row the same length)")
+    return shape
+
+
 def encode_bytes(data: Any, field: str) -> tuple[bytes, int]:
     """BYTES JSON data (strings, flat or nested) as raw length-prefixed bytes, and the element count."""
     flat: list[Any] = []

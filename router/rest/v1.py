@@ -24,7 +24,7 @@ from router.rest.v2 import load_json, output_contents, parse_response
 def _tensor(req: Any, name: str, datatype: str, values: Any, field: str) -> None:
     if datatype == "BYTES":
         raw, count = tensors.encode_bytes(values, field)
-        shape: tuple[int, ...] = (count,) if isinstance(values, list) else ()
+        shape: tuple[int, ...] = tensors.nesting(values, count, field)
     else:
         arr = tensors.array_from_json(values, datatype, field)
         raw, shape = arr.tobytes(), arr.shape
