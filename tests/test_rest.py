@@ -263,6 +263,10 @@ async def test_tritonclient_http_sync_with_its_defaults(
             inp.set_data_from_numpy(x, binary_data=False)
             as_json = client.infer(mid, [inp], outputs=[httpclient.InferRequestedOutput("OUTPUT0", binary_data=False)],
                                    request_id="r7")
+            inp.set_data_from_numpy(x)
+            gzipped = client.infer(mid, [inp], request_compression_algorithm="gzip",
+                                   response_compression_algorithm="deflate").as_numpy("OUTPUT0")
+            assert_matches(gzipped, SPEC, x)
             meta = client.get_model_metadata(mid)
             after = client.is_model_ready(mid)
             server = client.get_server_metadata()
