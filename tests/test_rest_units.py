@@ -181,3 +181,17 @@ def test_v1_bytes_instances_keep_their_nesting() -> None:
         v1.decode_predict(orjson.dumps({"instances": [["a", "b"], ["c"]]}), "t", sig)
     with pytest.raises(InvalidArgument, match="BYTES elements must be strings"):
         v1.decode_predict(orjson.dumps({"instances": [[1, 2]]}), "t", sig)
+
+
+async def test_a_taken_rest_port_is_a_clear_error() -> None:
+    import socket
+
+    from router.rest.app import RestServer
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = RestServer(None, f"127.0.0.1:{port}", 1024, "0")  # type: ignore[arg-type]  # binds only
+        with pytest.raises(OSError, match=f"cannot listen for REST on 127.0.0.1:{port}: .*address already in use"):
+            await server.start()
