@@ -137,6 +137,18 @@ async def test_open_loop_charges_a_stall_to_the_requests_that_waited() -> None:
 
 
 @pytest.mark.timeout(240)
+def test_churn_cost_smoke(tmp_path: Path) -> None:
+    s = run_scenario(tmp_path, "churn-cost", "--models", "12", "--fraction", "0.5", "--size-bytes", "0",
+                     "--seconds", "2", "--hit-seconds", "1", "--callers", "2", "--spi-loads", "20")
+    assert s["runtime_only_loads"]["loads"] == 20 and s["runtime_only_loads"]["cpu_ms_per_load"]["runtime"] > 0
+    assert s["errors"] == {} and s["requests"] > 0 and s["req_per_s"] > 0 and s["misses"] > 0
+    assert s["hit_phase"]["loads"] == 0  # the hit phase is all hits
+    for kind in ("router", "runtime", "etcd"):
+        assert s["cpu_ms_per_hit"][kind] >= 0 and kind in s["cpu_ms_per_miss"]
+    assert 0 < s["p50_ms"] <= s["p99_ms"]
+
+
+@pytest.mark.timeout(240)
 def test_rest_smoke(tmp_path: Path) -> None:
     s = run_scenario(tmp_path, "rest", "--seconds", "1", "--rate", "30", "--callers", "2", "--warmup", "5",
                      "--rounds", "1")
