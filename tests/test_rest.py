@@ -59,9 +59,10 @@ class Mesh:
 @pytest.fixture(scope="module")
 def mesh(etcd_server: LocalEtcd) -> Iterator[Mesh]:
     name = f"rest-{uuid.uuid4().hex[:8]}"
-    env = {"MESHSERVE_MODEL_TYPES": "onnx,pytorch"}
+    env = {"MESHSERVE_MODEL_TYPES": "onnx,pytorch,sklearn"}
+    # --allow-pickle: KServe's sklearn-iris is a joblib file.
     runtimes = [start_runtime(etcd_server.endpoint, name, capacity="64Mi", env=env,
-                              extra_args=["--instance-id", f"rest-rt{i}"]) for i in range(2)]
+                              extra_args=["--instance-id", f"rest-rt{i}", "--allow-pickle"]) for i in range(2)]
     metrics = f"127.0.0.1:{free_port()}"
     router = start_router(etcd_server.endpoint, name, extra_args=["--metrics-listen", metrics], env={
         "MESHSERVE_MAX_MESSAGE_BYTES": str(BODY_LIMIT), "MESHSERVE_MAX_LOAD_FAILURES": "1",
@@ -127,6 +128,20 @@ async def new_model(channel: grpc.aio.Channel, files: dict[str, Path], kind: str
 
 
 # -- KServe V1 --------------------------------------------------------------
+
+
+async def test_kserve_sklearn_iris_request_works_unchanged(
+        http: aiohttp.ClientSession, grpc_mesh: grpc.aio.Channel, tmp_path: Path) -> None:
+    """The first request a KServe user tries (the issue's curl), byte for byte."""
+    from mesh.modelgen_tabular import write_sklearn_iris
+
+    iris = write_sklearn_iris(tmp_path / "sklearn-iris")
+    await register(grpc_mesh, "sklearn-iris", iris.path, "sklearn")
+    body = b'{"instances": [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]}'
+    async with http.post("/v1/models/sklearn-iris:predict", data=body,
+                         headers={"Content-Type": "application/json"}) as r:
+        assert r.status == 200 and r.content_type == "application/json"
+        assert json.loads(await r.read()) == {"predictions": [1, 1]}
 
 
 @pytest.mark.parametrize("kind", ["onnx", "pytorch"])
