@@ -1,4 +1,4 @@
-"""The router process: one gRPC port for management, admin and inference."""
+"""The router process: one gRPC port for management, admin and inference, and a REST port."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from mesh.registry.keys import KeySchema
 from mesh.registry.mirror import RegistryMirror
 from mesh.registry.registry import Registry
 from mesh.registry.store import KVStore
-from mesh.security.auth import router_gates
+from mesh.security.auth import header_token_check, router_gates
 from mesh.security.guard import GuardedServer, enable_reflection
 from mesh.security.health_port import start_health_port
 from mesh.security.tls import add_port, channel_tls, server_tls
@@ -26,7 +26,8 @@ from mesh.tasks import TaskSet
 from router.admin import Admin
 from router.forward import Forwarder
 from router.frontdoor import SERVICE as V2_SERVICE
-from router.frontdoor import FrontDoor
+from router.core import InferenceCore
+from router.frontdoor import VERSION, FrontDoor
 from mesh.registry import records as rec
 from router.loader import Loader, active_failures
 from router.management import Management
@@ -35,6 +36,7 @@ from router.policy import RouterPolicy, tuned
 from router.runtimes import RuntimeClients
 from router.scaler import Scaler
 from router.settings import RouterSettings
+from router.rest.app import RestServer
 from router.splits import SplitChooser
 from router.table import RoutingTable
 
@@ -76,6 +78,9 @@ class RouterServer:
         self.admin = Admin(self.registry, self.table, self.clock, self.management.status, self.policy.live,
                            vmodels=self.management.vmodels)
         self.frontdoor = FrontDoor(self.forwarder, self.table, settings.default_timeout_s, self.metrics)
+        #: What front doors other than gRPC (REST) call into.
+        self.core = InferenceCore(self.forwarder, self.table, self.clock, settings.default_timeout_s, self.metrics)
+        self.rest: RestServer | None = None
         self.scaler = Scaler(settings, self.table, self.loader, self.forwarder, self.management,
                              self.runtimes, self.clock)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
@@ -88,6 +93,11 @@ class RouterServer:
     def endpoint(self) -> str:
         host = self.settings.listen.rpartition(":")[0]
         return f"{host}:{self.port}"
+
+    @property
+    def rest_endpoint(self) -> str:
+        """HOST:PORT of the REST listener ("" when there is none)."""
+        return self.rest.endpoint if self.rest is not None else ""
 
     async def start(self) -> None:
         await self.store.start()
@@ -112,6 +122,16 @@ class RouterServer:
             raise OSError(f"cannot listen on {self.settings.listen}")
         await server.start()
         self._server = server
+        if self.settings.rest_listen:
+            authorize = header_token_check(self.tokens) if self.tokens and self.settings.auth_inference else None
+            rest = RestServer(self.core, self.settings.rest_listen, self.settings.max_message_bytes, VERSION,
+                              authorize=authorize)
+            try:
+                await rest.start()
+            except OSError:
+                await server.stop(0)
+                raise
+            self.rest = rest
         if self.settings.health_listen:
             self._health_server = await start_health_port(self.settings.health_listen, self.health)
         m = self.metrics
@@ -126,8 +146,9 @@ class RouterServer:
         self.tasks.spawn(self.scaler.run(), "scaler")
         self.management.vmodels.resume()
         self.frontdoor.set_ready(True)
+        self.core.set_ready(True)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("router serving on %s", self.endpoint)
+        log.info("router serving on %s%s", self.endpoint, f", REST on {self.rest_endpoint}" if self.rest else "")
 
     def _loaded_copies(self) -> dict[str, int]:
         copies = self.mirror.copies
@@ -144,9 +165,14 @@ class RouterServer:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         self.frontdoor.set_ready(False)
+        self.core.set_ready(False)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        if self._server is not None:
-            await self._server.stop(grace_s)
+        # Both doors drain at once: in-flight REST requests still need the runtime clients.
+        doors = [self._server.stop(grace_s)] if self._server is not None else []
+        if self.rest is not None:
+            doors.append(self.rest.stop())
+        await asyncio.gather(*doors)
+        self.rest = None
         if self._health_server is not None:
             await self._health_server.stop(0)
         await self.tasks.close()

@@ -20,7 +20,7 @@ from mesh.proto.meshserve.v1 import admin_pb2_grpc as adm_grpc
 from mesh.security.certs import CertPair
 from tests.procs import ROOT, _die_with_parent
 
-READY = re.compile(r"^router ready on (\S+)$")
+READY = re.compile(r"^router ready on (\S+)(?: \(REST on \S+\))?$")
 
 
 class RouterProc:
@@ -58,6 +58,10 @@ def start_router(etcd: str, mesh: str, extra_args: Sequence[str] = (), env: dict
     log_path = log_dir / f"router-{os.getpid()}-{time.monotonic_ns()}.log"
     args = [sys.executable, "-m", "mesh.cli", "router", "--listen", "127.0.0.1:0", "--etcd", etcd, "--mesh", mesh,
             *extra_args]
+    if "--rest-listen" not in extra_args:  # never the default port: tests run side by side
+        from mesh.etcd_server import free_port
+
+        args += ["--rest-listen", f"127.0.0.1:{free_port()}"]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                                 stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,

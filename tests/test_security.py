@@ -151,12 +151,35 @@ def test_auth_inference_needs_a_token_for_inference_too(etcd_server, mesh_name, 
     tokens.write_text("tok\n")
     rt = start_runtime(etcd_server.endpoint, mesh_name, capacity="64Mi", env=ONNX_ONLY)
     try:
-        with start_router(etcd_server.endpoint, mesh_name, ["--auth-token-file", str(tokens), "--auth-inference"]) as r:
+        import json
+        import urllib.error
+        import urllib.request
+
+        from mesh.etcd_server import free_port
+
+        rest = f"127.0.0.1:{free_port()}"
+        with start_router(etcd_server.endpoint, mesh_name, ["--auth-token-file", str(tokens), "--auth-inference",
+                                                            "--rest-listen", rest]) as r:
             ch = grpc.insecure_channel(r.endpoint)
             md = (("authorization", "Bearer tok"),)
             register(ch, "m1", model, metadata=md)
             assert rpc_code(lambda: infer_ok(ch, "m1")) == grpc.StatusCode.UNAUTHENTICATED
             assert infer_ok(ch, "m1", metadata=md)
+            # The REST front door checks the same tokens.
+            body = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32",
+                                           "data": [0.5] * 16}]}).encode()
+
+            def post(headers: dict[str, str]) -> int:
+                req = urllib.request.Request(f"http://{rest}/v2/models/m1/infer", data=body, method="POST",
+                                             headers={"Content-Type": "application/json", **headers})
+                try:
+                    with urllib.request.urlopen(req, timeout=30) as resp:
+                        return int(resp.status)
+                except urllib.error.HTTPError as e:
+                    return int(e.code)
+
+            assert post({}) == 401 and post({"Authorization": "Bearer nope"}) == 401
+            assert post({"Authorization": "Bearer tok"}) == 200
     finally:
         rt.kill()
 

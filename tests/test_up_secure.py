@@ -15,6 +15,7 @@ import grpc
 
 from mesh import modelgen
 from mesh.cli.local_mesh import shared_host_capacity
+from mesh.etcd_server import free_port
 from mesh.settings import parse_bytes
 from tests.procs import ROOT, _die_with_parent
 from tests.security_support import cluster_status, rpc_code, tls_channel
@@ -47,7 +48,8 @@ def test_up_tls_serves_tls_everywhere_and_the_cli_connects_with_the_ca(tmp_path:
     log = tmp_path / "up.log"
     with open(log, "w") as err:
         up = subprocess.Popen([sys.executable, "-m", "mesh.cli", "up", "--tls", "--runtimes", "1", "--listen",
-                               "127.0.0.1:0", "--data-dir", str(data), "--capacity", "64Mi"],
+                               "127.0.0.1:0", "--data-dir", str(data), "--capacity", "64Mi",
+                               "--rest-listen", f"127.0.0.1:{free_port()}"],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
                               start_new_session=True, preexec_fn=_die_with_parent)
     try:

@@ -14,7 +14,7 @@ port's TLS lets in (Envoy sends hits there directly).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 
@@ -92,3 +92,20 @@ def runtime_gates(tokens: TokenFile | None, client_names: Sequence[str]) -> Gate
         return lambda method: None
     spi = any_gate(parts)
     return lambda method: spi if method.startswith(SPI_SERVICE) else None
+
+
+def header_token_check(tokens: TokenFile, what: str = "inference") -> Callable[[str | None], None]:
+    """The token check for an HTTP ``Authorization`` header (the REST front door)."""
+    gate = token_gate(tokens, what)
+
+    class _Headers:
+        def __init__(self, value: str | None) -> None:
+            self._md = [] if value is None else [("authorization", value)]
+
+        def invocation_metadata(self) -> list[tuple[str, str]]:
+            return self._md
+
+    def check(value: str | None) -> None:
+        gate(_Headers(value))  # type: ignore[arg-type]
+
+    return check
