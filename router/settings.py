@@ -35,3 +35,6 @@ class RouterSettings(CommonSettings):
     #: Per-model metric labels (``meshserve_model_requests_total{model,code}``,
     #: ``meshserve_model_copies{model}``); off: thousands of models, thousands of series.
     metrics_per_model: bool = False
+    #: Serve Envoy's configuration (ADS) on the router's port, for ``meshserve gateway``
+    #: (needs the ``envoy`` extra; without it the router serves as before).
+    xds: bool = True

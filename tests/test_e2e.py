@@ -52,9 +52,9 @@ def runtimes(etcd_server, mesh_name, capacity: int) -> Iterator[list[RuntimeProc
             p.kill()
 
 
-async def start_router(etcd_server, mesh_name: str, expect: int) -> RouterServer:
-    """An in-process router on a free port, once its mirror sees ``expect`` runtimes."""
-    router = RouterServer(RouterSettings(etcd=etcd_server.endpoint, mesh=mesh_name, listen="127.0.0.1:0",
+async def start_router(etcd_server, mesh_name: str, expect: int, listen: str = "127.0.0.1:0") -> RouterServer:
+    """An in-process router (on a free port by default), once its mirror sees ``expect`` runtimes."""
+    router = RouterServer(RouterSettings(etcd=etcd_server.endpoint, mesh=mesh_name, listen=listen,
                                          scale_interval_s=3600))
     await router.start()
     for _ in range(100):
