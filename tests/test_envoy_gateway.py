@@ -241,3 +241,36 @@ async def test_router_restarted_envoy_keeps_serving_loaded_models_and_converges_
         assert via_router(gateway) == before
     finally:
         await again.stop(0)
+
+
+def test_meshserve_up_puts_envoy_in_front_and_says_so(tmp_path, model_files) -> None:
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    log = tmp_path / "up.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "mesh.cli", "up", "--listen", f"127.0.0.1:{port}",
+                                 "--runtimes", "1", "--data-dir", str(tmp_path / "mesh")],
+                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "MESHSERVE_MODEL_TYPES": "onnx"})
+    try:
+        deadline = time.monotonic() + 120
+        while "ready:" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert re.search(rf"meshserve up: Envoy on 127.0.0.1:{port} .*router on 127.0.0.1:\d+", log.read_text())
+
+        async def use() -> tuple[str, bool]:
+            c = Client(f"127.0.0.1:{port}")
+            try:
+                [mid] = await c.register_all(model_files[:1], prefix="up")
+                return await c.infer(mid, model_files[0][0])
+            finally:
+                await c.channel.close()
+        assert asyncio.run(use()) == ("up000", True)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0, log.read_text()[-3000:]
