@@ -15,6 +15,7 @@ cores: the ratios in one run are the point, and the load average is recorded.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import time
 from collections.abc import Sequence
@@ -28,10 +29,15 @@ from load_tests.generator import Send, grpc_sender
 from load_tests.probe import MeshProbe
 from load_tests.scenarios.overhead import Way
 from load_tests.workload import Zipf, make_models, register_all
+from mesh.etcd_server import free_port
+from router.xds.process import GatewayProcess
 
 NAME = "gateway"
 HELP = "direct vs Envoy (header, body only) vs router alone: the tiny model and N models under Zipf"
 PATHS = ("direct", "envoy-header", "envoy-body", "router")
+#: With --no-lua-too: a second Envoy without the body filter (its header cost; body-only
+#: requests then go Envoy -> router), the alternative to reading the body in Envoy.
+NO_LUA = ("nolua-header", "nolua-body")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=200, help="requests per path and round before measuring")
     p.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy worker threads")
     p.add_argument("--workloads", default="tiny,zipf", help="which workloads to run")
+    p.add_argument("--no-lua-too", action="store_true",
+                   help="also measure a second Envoy without the body filter (header, and body-only via the router)")
 
 
 def _direct_sender(channels: dict[str, grpc.aio.Channel], holder_of: dict[str, str]) -> Send:
@@ -63,7 +71,7 @@ def _ratios(summary: dict[str, Any]) -> dict[str, Any]:
         return round(a / b, 3) if b else 0.0
 
     out: dict[str, Any] = {}
-    for name in PATHS[1:]:
+    for name in [p for p in (*PATHS, *NO_LUA) if p in summary and p != "direct"]:
         s = summary[name]
         out[f"saturated_rps_{name}_over_direct"] = r(s["saturated"]["ok_per_s"], d["saturated"]["ok_per_s"])
         out[f"p50_{name}_over_direct"] = r(s["open_loop"]["latency_ms"]["p50"], d["open_loop"]["latency_ms"]["p50"])
@@ -80,11 +88,12 @@ def _ratios(summary: dict[str, Any]) -> dict[str, Any]:
 
 async def _workload(name: str, seq: Sequence[str], payloads: dict[str, bytes], sends: dict[str, Send],
                     pids: dict[str, int], args: argparse.Namespace, t0: float) -> tuple[dict[str, Any], list[Way]]:
-    ways = [Way(f"{name} {p}", sends[p]) for p in PATHS]
+    names = [p for p in (*PATHS, *NO_LUA) if p in sends]
+    ways = [Way(f"{name} {p}", sends[p]) for p in names]
     for i in range(args.rounds):
         for way in ways:
             await way.round(seq, payloads, args, i, pids, t0)
-    return {p: w.summary() for p, w in zip(PATHS, ways)}, ways
+    return {p: w.summary() for p, w in zip(names, ways)}, ways
 
 
 async def run(args: argparse.Namespace) -> Path:
@@ -111,6 +120,16 @@ async def run(args: argparse.Namespace) -> Path:
                      "envoy-body": grpc_sender(ech), "router": grpc_sender(rch)}
             pids = {"client": os.getpid(), "envoy": local.gateway_proc.proc.pid if local.gateway_proc.proc else 0,
                     "router": local.router_proc.proc.pid}
+            nolua = None
+            if args.no_lua_too:
+                nolua = GatewayProcess(listen=f"127.0.0.1:{free_port()}", router=local.router_endpoint,
+                                       admin_port=free_port(), log_path=mesh.work_dir / "gateway-nolua.log",
+                                       concurrency=args.envoy_concurrency, body_routing=False)
+                await asyncio.get_running_loop().run_in_executor(None, nolua.start)
+                nch = grpc.aio.insecure_channel(nolua.listen, options=harness.GRPC_OPTIONS)
+                channels["nolua"] = nch
+                sends |= {"nolua-header": grpc_sender(nch, header=True), "nolua-body": grpc_sender(nch)}
+                pids["envoy_nolua"] = nolua.proc.pid if nolua.proc else 0
             pids |= {f"runtime_{p.instance_id}": p.proc.pid for p in local.procs}
             t0 = time.perf_counter()
             try:
@@ -130,6 +149,8 @@ async def run(args: argparse.Namespace) -> Path:
             finally:
                 for ch in channels.values():
                     await ch.close()
+                if nolua is not None:
+                    nolua.terminate()
             envoy_stats = local.gateway_proc.stats("cluster.meshserve_router.upstream_rq_total")
     summary = {w: {"ratios": _ratios(r), **r} for w, r in results.items()}
     body = {"summary": summary, "registration": codes, "envoy_router_requests": envoy_stats,
