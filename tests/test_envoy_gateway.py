@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
@@ -49,6 +53,7 @@ async def router(etcd_server, mesh_name, runtimes) -> AsyncIterator[RouterServer
 @pytest.fixture
 async def gateway(router: RouterServer, tmp_path) -> AsyncIterator[GatewayProcess]:
     gw = GatewayProcess(listen=f"127.0.0.1:{free_port()}", router=router.endpoint, admin_port=free_port(),
+                        stats_listen=f"127.0.0.1:{free_port()}",
                         log_path=tmp_path / "gateway.log", concurrency=1, envoy_log_level=os.environ.get("T_ENVOY_LOG", "warning"))
     await asyncio.get_running_loop().run_in_executor(None, gw.start)
     yield gw
@@ -63,12 +68,20 @@ async def client(gateway: GatewayProcess) -> AsyncIterator[Client]:
 
 
 def via_router(gw: GatewayProcess) -> int:
-    return gw.stats("cluster.meshserve_router.upstream_rq_total").get("cluster.meshserve_router.upstream_rq_total", 0)
+    return gw.stats("cluster.router.upstream_rq_total").get("cluster.router.upstream_rq_total", 0)
 
 
 def direct(gw: GatewayProcess) -> int:
     """Requests Envoy sent straight to runtimes (the copies clusters)."""
     return sum(v for k, v in gw.stats("cluster.copies_").items() if k.endswith(".upstream_rq_total"))
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, ""
 
 
 def envoy_trouble(gw: GatewayProcess) -> dict[str, int]:
@@ -113,6 +126,13 @@ async def test_header_and_body_routed_requests_are_right_and_a_miss_is_then_serv
     # The others: each a miss through the router first, right answers throughout.
     for mid, (s, _) in zip(ids[1:], files[1:]):
         assert await client.infer(mid, s, metadata=(("mm-model-id", mid),)) == (mid, True)
+    # Prometheus and the kubelet see Envoy's stats and readiness, and nothing else of its admin API.
+    scraped = http_get(f"http://{gateway.stats_listen}/stats/prometheus")[1]
+    dashboard = (Path(__file__).parents[1] / "deploy" / "grafana" / "meshserve-dashboard.json").read_text()
+    for name in set(re.findall(r"\benvoy_[a-z_]+(?=\{)", dashboard)):  # metric names, not labels
+        assert re.search(rf"^{name.removesuffix('_bucket')}(_bucket)?{{", scraped, re.M), f"Envoy exports no {name}"
+    assert http_get(f"http://{gateway.stats_listen}/ready") == (200, "LIVE\n")
+    assert http_get(f"http://{gateway.stats_listen}/config_dump")[0] == 404
     # Management calls go to the router.
     st = await client.mesh.getModelStatus(mm.GetStatusRequest(modelId=ids[0]))
     assert st.status == mm.ModelStatusInfo.LOADED
@@ -244,7 +264,6 @@ async def test_router_restarted_envoy_keeps_serving_loaded_models_and_converges_
 
 
 def test_meshserve_up_puts_envoy_in_front_and_says_so(tmp_path, model_files) -> None:
-    import re
     import signal
     import subprocess
     import sys

@@ -151,7 +151,7 @@ async def run(args: argparse.Namespace) -> Path:
                     await ch.close()
                 if nolua is not None:
                     nolua.terminate()
-            envoy_stats = local.gateway_proc.stats("cluster.meshserve_router.upstream_rq_total")
+            envoy_stats = local.gateway_proc.stats("cluster.router.upstream_rq_total")
     summary = {w: {"ratios": _ratios(r), **r} for w, r in results.items()}
     body = {"summary": summary, "registration": codes, "envoy_router_requests": envoy_stats,
             "loadavg_before": load_before, "loadavg_after": os.getloadavg()}

@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--admin-port", dest="admin_port", type=int,
                    help="Envoy's admin port, on 127.0.0.1 only (default 9901)")
     p.add_argument("--stats-listen", dest="stats_listen",
-                   help="HOST:PORT serving Envoy's /stats/prometheus for scraping (default: none)")
+                   help="HOST:PORT serving only Envoy's /stats/prometheus and /ready (scraping, probes; default: none)")
     p.add_argument("--rest-listen", dest="rest_listen", help="public REST HOST:PORT (needs --router-rest)")
     p.add_argument("--router-rest", dest="router_rest", help="the router's REST HOST:PORT")
     p.add_argument("--concurrency", type=int, help="Envoy worker threads (default: one per core)")

@@ -3,8 +3,8 @@
 Static: the public gRPC listener (routes over RDS from the router), the router
 cluster (fallback for everything not routed straight) and the xDS cluster (the
 router too), the admin interface on 127.0.0.1 only, and optionally a stats
-listener serving only ``/stats/prometheus`` (so Prometheus can scrape without
-the admin port leaving loopback) and a REST listener in front of the router's
+listener serving only ``/stats/prometheus`` and ``/ready`` (so Prometheus and
+the kubelet reach them without the admin port leaving loopback) and a REST listener in front of the router's
 REST port. Dynamic over ADS: clusters and routes (router/xds/snapshot.py).
 """
 
@@ -16,9 +16,9 @@ from typing import Any
 
 from router.xds.snapshot import BODY_HEADER, MAX_REQUEST_BYTES, ROUTE_CONFIG_NAME, ROUTER_CLUSTER
 
-XDS_CLUSTER = "meshserve_xds"
-ADMIN_CLUSTER = "meshserve_envoy_admin"
-REST_CLUSTER = "meshserve_router_rest"
+XDS_CLUSTER = "xds"
+ADMIN_CLUSTER = "envoy_admin"
+REST_CLUSTER = "router_rest"
 
 # Reads the model name from field 1 of ModelInfer / ModelMetadata (tritonclient's
 # default: no header) into mm-model-id and mm-body-model (the marker that says the id
@@ -123,11 +123,12 @@ def _hcm(stat_prefix: str, routes: dict[str, Any], filters: list[dict[str, Any]]
     }}
 
 
-def _static_routes(name: str, cluster: str, path: dict[str, str] | None = None) -> dict[str, Any]:
-    match = path or {"prefix": "/"}
+def _static_routes(name: str, cluster: str, paths: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Everything to ``cluster``, or only these exact paths (anything else: 404)."""
+    matches = [{"path": p} for p in paths] or [{"prefix": "/"}]
     return {"route_config": {"name": name, "virtual_hosts": [{
         "name": name, "domains": ["*"],
-        "routes": [{"match": match, "route": {"cluster": cluster, "timeout": "0s"}}]}]}}
+        "routes": [{"match": m, "route": {"cluster": cluster, "timeout": "0s"}} for m in matches]}]}}
 
 
 def _listener(name: str, hostport: str, hcm: dict[str, Any]) -> dict[str, Any]:
@@ -148,7 +149,7 @@ def bootstrap(cfg: GatewayConfig) -> dict[str, Any]:
     clusters = [_cluster(ROUTER_CLUSTER, cfg.router), _cluster(XDS_CLUSTER, cfg.router)]
     if cfg.stats_listen:
         listeners.append(_listener("stats", cfg.stats_listen, _hcm(
-            "stats", _static_routes("stats", ADMIN_CLUSTER, {"path": "/stats/prometheus"}), [])))
+            "stats", _static_routes("stats", ADMIN_CLUSTER, ("/stats/prometheus", "/ready")), [])))
         clusters.append(_cluster(ADMIN_CLUSTER, f"127.0.0.1:{cfg.admin_port}", http2=False))
     if cfg.rest_listen and cfg.router_rest:
         listeners.append(_listener("rest", cfg.rest_listen, _hcm("rest", _static_routes("rest", REST_CLUSTER), [])))

@@ -30,7 +30,7 @@ class GatewaySettings(BaseSettings):
     router: str = "127.0.0.1:8034"
     #: Envoy's admin port, always on 127.0.0.1.
     admin_port: int = 9901
-    #: HOST:PORT serving Envoy's stats at /stats/prometheus (nothing else); unset = none.
+    #: HOST:PORT serving Envoy's /stats/prometheus and /ready (nothing else); unset = none.
     stats_listen: str | None = None
     #: Public REST HOST:PORT, forwarded to ``router_rest``; unset = no REST through Envoy.
     rest_listen: str | None = None

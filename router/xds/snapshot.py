@@ -50,7 +50,7 @@ ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 #: The route configuration the gateway's listener asks for over RDS.
 ROUTE_CONFIG_NAME = "meshserve"
 #: The router, defined in the gateway's bootstrap (not over xDS: it must exist before xDS does).
-ROUTER_CLUSTER = "meshserve_router"
+ROUTER_CLUSTER = "router"
 #: Set by the gateway's body filter from field 1 of ModelInfer / ModelMetadata requests.
 BODY_HEADER = "mm-body-model"
 MODEL_HEADER = "mm-model-id"
