@@ -16,8 +16,11 @@ from pathlib import Path
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
+import numpy as np
 import pytest
+from tritonclient.grpc import service_pb2 as v2
 
+from mesh import modelgen
 from mesh.etcd_server import free_port
 from mesh.proto.mmesh import model_mesh_pb2 as mm
 from mesh.registry import records as rec
@@ -126,6 +129,16 @@ async def test_header_and_body_routed_requests_are_right_and_a_miss_is_then_serv
     # The others: each a miss through the router first, right answers throughout.
     for mid, (s, _) in zip(ids[1:], files[1:]):
         assert await client.infer(mid, s, metadata=(("mm-model-id", mid),)) == (mid, True)
+    # A request larger than Envoy's default 1 MiB buffer: still read, routed straight and retried-capable.
+    x = modelgen.sample_input(spec, batch=40_000, seed=3)  # 2.5 MB of FP32
+    req = v2.ModelInferRequest(model_name=ids[0])
+    req.inputs.add(name="INPUT0", datatype="FP32", shape=list(x.shape))
+    req.raw_input_contents.append(x.astype(np.float32).tobytes())
+    before_direct = direct(gateway)
+    resp = await client.v2.ModelInfer(req, timeout=60)
+    out = np.frombuffer(resp.raw_output_contents[0], np.float32).reshape(list(resp.outputs[0].shape))
+    assert np.allclose(out, modelgen.reference_output(spec, x), rtol=1e-4, atol=1e-5)
+    assert direct(gateway) == before_direct + 1
     # Prometheus and the kubelet see Envoy's stats and readiness, and nothing else of its admin API.
     scraped = http_get(f"http://{gateway.stats_listen}/stats/prometheus")[1]
     dashboard = (Path(__file__).parents[1] / "deploy" / "grafana" / "meshserve-dashboard.json").read_text()
@@ -293,3 +306,43 @@ def test_meshserve_up_puts_envoy_in_front_and_says_so(tmp_path, model_files) -> 
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, log.read_text()[-3000:]
+
+
+async def test_the_rest_port_is_passed_through_envoy_to_the_routers_rest_port(router: RouterServer, tmp_path) -> None:
+    """A stand-in for the router's REST front door (a plain HTTP server): Envoy forwards
+    the REST port's requests, paths, methods, bodies and statuses unchanged."""
+    import http.server
+    import threading
+
+    class Rest(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(200 if self.path == "/v2/models/m/infer" else 404)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"echo": ' + body + b"}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    rest = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Rest)
+    threading.Thread(target=rest.serve_forever, daemon=True).start()
+    gw = GatewayProcess(listen=f"127.0.0.1:{free_port()}", router=router.endpoint, admin_port=free_port(),
+                        log_path=tmp_path / "gateway.log", concurrency=1, rest_listen=f"127.0.0.1:{free_port()}",
+                        router_rest=f"127.0.0.1:{rest.server_address[1]}")
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, gw.start)
+    try:
+        def post(path: str) -> tuple[int, str]:
+            req = urllib.request.Request(f"http://{gw.rest_listen}{path}", data=b'{"inputs": []}', method="POST",
+                                         headers={"content-type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    return resp.status, resp.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode()
+        assert await loop.run_in_executor(None, post, "/v2/models/m/infer") == (200, '{"echo": {"inputs": []}}')
+        assert (await loop.run_in_executor(None, post, "/v2/models/other/infer"))[0] == 404
+    finally:
+        gw.terminate()
+        rest.shutdown()
