@@ -28,7 +28,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -38,6 +38,7 @@ from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import http_inputs_pb2, string_pb2
+from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 from xds.core.v3 import extension_pb2 as xds_extension_pb2
@@ -132,6 +133,20 @@ def copies_cluster(name: str, endpoints: list[str]) -> cluster_pb2.Cluster:
             cluster_name=name, endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=lb)]),
         typed_extension_protocol_options=_http2(),
         circuit_breakers=_limits(),
+        # A runtime that stopped answering (killed: its copies stay until its lease runs out)
+        # is set aside after a few failed connections; with every copy set aside (no panic
+        # routing) the aggregate sends the model's requests to the router.
+        outlier_detection=outlier_detection_pb2.OutlierDetection(
+            split_external_local_origin_errors=True,
+            consecutive_local_origin_failure=wrappers_pb2.UInt32Value(value=3),
+            enforcing_consecutive_local_origin_failure=wrappers_pb2.UInt32Value(value=100),
+            enforcing_consecutive_5xx=wrappers_pb2.UInt32Value(value=0),
+            enforcing_consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=0),
+            enforcing_success_rate=wrappers_pb2.UInt32Value(value=0),
+            enforcing_local_origin_success_rate=wrappers_pb2.UInt32Value(value=0),
+            interval=_ms(1000), base_ejection_time=_ms(5000),
+            max_ejection_percent=wrappers_pb2.UInt32Value(value=100)),
+        common_lb_config=cluster_pb2.Cluster.CommonLbConfig(healthy_panic_threshold=percent_pb2.Percent(value=0)),
     )
 
 
