@@ -192,3 +192,16 @@ def test_an_answer_to_an_old_nonce_is_ignored() -> None:
     assert first is not None
     stream.on_request(request(CLUSTER_TYPE, "stale", first.version_info))
     assert stream.next_response() is None
+
+
+def test_the_gateway_command_prints_its_bootstrap_and_refuses_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    from mesh.cli import main
+
+    assert main(["gateway", "--listen", "0.0.0.0:8033", "--router", "127.0.0.1:8034", "--admin-port", "9901",
+                 "--print-bootstrap"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9901}
+    assert main(["gateway", "--admin-port", "0", "--print-bootstrap"]) == 2
+    assert "admin_port" in capsys.readouterr().err
+    assert main(["gateway", "--rest-listen", "0.0.0.0:8008", "--print-bootstrap"]) == 2
+    assert "--router-rest" in capsys.readouterr().err

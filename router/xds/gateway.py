@@ -13,7 +13,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mesh.errors import Unavailable
@@ -29,14 +29,14 @@ class GatewaySettings(BaseSettings):
     #: The router's gRPC HOST:PORT: xDS server and fallback for misses and management.
     router: str = "127.0.0.1:8034"
     #: Envoy's admin port, always on 127.0.0.1.
-    admin_port: int = 9901
+    admin_port: int = Field(9901, ge=1, le=65535)
     #: HOST:PORT serving Envoy's /stats/prometheus and /ready (nothing else); unset = none.
     stats_listen: str | None = None
     #: Public REST HOST:PORT, forwarded to ``router_rest``; unset = no REST through Envoy.
     rest_listen: str | None = None
     router_rest: str | None = None
     #: Envoy worker threads (0: one per core).
-    concurrency: int = 0
+    concurrency: int = Field(0, ge=0)
     #: Read the model name from the request body when no header names it (Lua filter).
     body_routing: bool = True
     #: Envoy's node id (default: the host name); shown in the router's xDS logs.
