@@ -151,8 +151,10 @@ async def run(args: argparse.Namespace) -> Path:
                     await ch.close()
                 if nolua is not None:
                     nolua.terminate()
-            envoy_stats = local.gateway_proc.stats("cluster.router.upstream_rq_total")
+            # Where Envoy sent what it received: copies_* (straight) and router (fallbacks).
+            envoy_stats = {k: v for k, v in local.gateway_proc.stats("cluster.").items()
+                           if k.endswith(".upstream_rq_total")}
     summary = {w: {"ratios": _ratios(r), **r} for w, r in results.items()}
-    body = {"summary": summary, "registration": codes, "envoy_router_requests": envoy_stats,
+    body = {"summary": summary, "registration": codes, "envoy_upstream_requests": envoy_stats,
             "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
     return harness.write_results(out, NAME, args, body, pngs)
