@@ -346,3 +346,25 @@ async def test_the_rest_port_is_passed_through_envoy_to_the_routers_rest_port(ro
     finally:
         gw.terminate()
         rest.shutdown()
+
+
+async def test_two_routers_serve_envoy_the_same_versions_for_the_same_registry(
+        etcd_server, mesh_name, router: RouterServer, runtimes, model_files) -> None:
+    """Versions are hashes of the resources: any router replica can program any Envoy."""
+    other = await start_router(etcd_server, mesh_name, len(runtimes))
+    c = Client(router.endpoint)
+    try:
+        ids = await c.register_all(model_files[:3], prefix="two")
+        for mid, (spec, _) in zip(ids, model_files[:3]):
+            await c.infer(mid, spec)
+        await c.mesh.setVModel(mm.SetVModelRequest(vModelId="two-v", targetModelId=ids[0], sync=True))
+        a, b = router.xds, other.xds
+        assert a is not None and b is not None
+        await until(lambda: set(ids) <= set(a.view.models) and set(ids) <= set(b.view.models)
+                    and "two-v" in a.view.vmodels and "two-v" in b.view.vmodels)
+        await until(lambda: (a.snapshot.cluster_version, a.snapshot.route_version)
+                    == (b.snapshot.cluster_version, b.snapshot.route_version))
+        assert a.snapshot.routes == b.snapshot.routes
+    finally:
+        await c.channel.close()
+        await other.stop(0)
