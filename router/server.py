@@ -31,6 +31,7 @@ from router.policy import RouterPolicy, tuned
 from router.runtimes import RuntimeClients
 from router.scaler import Scaler
 from router.settings import RouterSettings
+from router.splits import SplitChooser
 from router.table import RoutingTable
 
 if TYPE_CHECKING:
@@ -55,7 +56,8 @@ class RouterServer:
         self.keys = KeySchema(settings.mesh)
         self.registry = Registry(self.store, self.keys)
         self.mirror = RegistryMirror(self.store, self.keys)
-        self.table = RoutingTable(self.mirror, self.clock)
+        self.table = RoutingTable(self.mirror, self.clock, splits=SplitChooser(settings.split_seed))
+        self.table.on_split = lambda vmodel_id, model_id: self.metrics.split_requests.labels(vmodel_id, model_id).inc()
         self.runtimes = RuntimeClients(settings.max_message_bytes)
         self.loader = Loader(settings, self.registry, self.table, self.runtimes, self.clock,
                              placement=self.policy.placement, spread_ties=self.policy.is_default_placement)
@@ -64,7 +66,8 @@ class RouterServer:
                                    self.metrics)
         self.tasks = TaskSet("router")
         self.management = Management(settings, self.registry, self.table, self.loader, self.runtimes, self.clock, self.tasks)
-        self.admin = Admin(self.registry, self.table, self.clock, self.management.status, self.policy.live)
+        self.admin = Admin(self.registry, self.table, self.clock, self.management.status, self.policy.live,
+                           vmodels=self.management.vmodels)
         self.frontdoor = FrontDoor(self.forwarder, self.table, settings.default_timeout_s, self.metrics)
         self.scaler = Scaler(settings, self.table, self.loader, self.forwarder, self.management,
                              self.runtimes, self.clock)

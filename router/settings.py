@@ -35,6 +35,9 @@ class RouterSettings(CommonSettings):
     #: Per-model metric labels (``meshserve_model_requests_total{model,code}``,
     #: ``meshserve_model_copies{model}``); off: thousands of models, thousands of series.
     metrics_per_model: bool = False
+    #: Seed of the per-request draw of traffic-split targets (unset: random). Callers
+    #: sending ``mm-split-key`` get a draw fixed by that key instead.
+    split_seed: int | None = None
     #: Serve Envoy's configuration (ADS) on the router's port, for ``meshserve gateway``
     #: (needs the ``envoy`` extra; without it the router serves as before).
     xds: bool = True

@@ -48,7 +48,7 @@ def runtimes(etcd_server, mesh_name) -> Iterator[list[RuntimeProc]]:
 @pytest.fixture
 async def router(etcd_server, mesh_name, runtimes) -> AsyncIterator[RouterServer]:
     # A fixed port (not 0): a restarted router must come back where Envoy looks for it.
-    r = await start_router(etcd_server, mesh_name, len(runtimes), f"127.0.0.1:{free_port()}")
+    r = await start_router(etcd_server, mesh_name, len(runtimes), listen=f"127.0.0.1:{free_port()}")
     yield r
     await r.stop(0)
 
@@ -263,7 +263,7 @@ async def test_router_restarted_envoy_keeps_serving_loaded_models_and_converges_
     # No router: the loaded model is still served, by header and by body.
     for md in ((), (("mm-model-id", ids[0]),)):
         assert await client.infer(ids[0], s0, metadata=md) == (ids[0], True)
-    again = await start_router(etcd_server, mesh_name, len(runtimes), listen)
+    again = await start_router(etcd_server, mesh_name, len(runtimes), listen=listen)
     try:
         # Envoy reconnects to the new router and follows it: a new load becomes a direct route.
         (s1, _) = files[1]

@@ -81,6 +81,18 @@ def test_the_version_is_the_content_and_does_not_depend_on_order() -> None:
     assert build_snapshot(moved).route_version != a.route_version
 
 
+def test_a_vmodel_with_a_traffic_split_goes_to_the_router_which_draws_the_target() -> None:
+    snap = build_snapshot(XdsView(small_view().endpoints, small_view().models, {"prod": "b", "canary": ""}))
+    tree = json_format.MessageToDict(snap.routes)["virtualHosts"][0]["matcher"]["matcherTree"]
+    body_level = tree["prefixMatchMap"]["map"]["/inference.GRPCInferenceService/Model"]["matcher"]
+    by_body = body_level["matcherTree"]
+    assert by_body["input"]["name"] == "mm-body-model"
+    routes = {k: route_actions(v, [])[0]["route"]["cluster"] for k, v in by_body["exactMatchMap"]["map"].items()}
+    assert routes == {"prod": "route_rt0+rt1", "canary": ROUTER_CLUSTER}
+    # Not in the mm-model-id / mm-vmodel-id maps below: there it falls through to the router.
+    assert "canary" not in json.dumps(body_level["onNoMatch"])
+
+
 def test_long_or_odd_instance_sets_get_stat_safe_names() -> None:
     assert set_name(["rt1", "rt0"]) == "rt0+rt1"
     odd = set_name(["pod.zone-a.example", "x"])

@@ -22,7 +22,8 @@ class XdsView:
     #: model id -> the instances (sorted) holding a usable LOADED copy.
     models: Mapping[str, tuple[str, ...]]
     #: vmodel id -> its active (concrete) model, every vmodel (routed straight when that
-    #: model is in ``models``, else to the router).
+    #: model is in ``models``, else to the router). "" for a vmodel with a traffic split:
+    #: the router draws each request's target (weights, ``mm-split-key``).
     vmodels: Mapping[str, str]
 
 
@@ -40,5 +41,5 @@ def view_of(mirror: RegistryMirror) -> XdsView:
     return XdsView(
         endpoints={i: instances[i].endpoint for i in sorted(used)},
         models=dict(sorted(models.items())),
-        vmodels={v: r.active_model for v, r in sorted(mirror.vmodels.items())},
+        vmodels={v: "" if r.split else r.active_model for v, r in sorted(mirror.vmodels.items())},
     )

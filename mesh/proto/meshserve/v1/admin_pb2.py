@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from mesh.proto.mmesh import model_mesh_pb2 as mesh_dot_proto_dot_mmesh_dot_model__mesh__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#mesh/proto/meshserve/v1/admin.proto\x12\x0cmeshserve.v1\"J\n\x11ListModelsRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x08\x43opyInfo\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08since_ms\x18\x03 \x01(\x04\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\"\xd4\x02\n\x0cModelSummary\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x15\n\rregistered_ms\x18\x06 \x01(\x04\x12\x14\n\x0clast_used_ms\x18\x07 \x01(\x04\x12&\n\x06\x63opies\x18\x08 \x03(\x0b\x32\x16.meshserve.v1.CopyInfo\x12\x36\n\x06labels\x18\t \x03(\x0b\x32&.meshserve.v1.ModelSummary.LabelsEntry\x12\x12\n\nmin_copies\x18\n \x01(\r\x12\x12\n\nmax_copies\x18\x0b \x01(\r\x12\x0e\n\x06\x65rrors\x18\x0c \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.meshserve.v1.ModelSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x19\n\x17GetClusterStatusRequest\"\x88\x03\n\x0eInstanceStatus\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x03 \x01(\x04\x12\x12\n\nused_bytes\x18\x04 \x01(\x04\x12\x13\n\x0bmodel_count\x18\x05 \x01(\r\x12\x19\n\x11loads_in_progress\x18\x06 \x01(\r\x12\x15\n\rshutting_down\x18\x07 \x01(\x08\x12\x0c\n\x04zone\x18\x08 \x01(\t\x12\x38\n\x06labels\x18\t \x03(\x0b\x32(.meshserve.v1.InstanceStatus.LabelsEntry\x12\x15\n\roldest_lru_ms\x18\n \x01(\x04\x12\x11\n\tmodel_ids\x18\x0b \x03(\t\x12\x18\n\x10metrics_endpoint\x18\x0c \x01(\t\x12\x0f\n\x07version\x18\r \x01(\t\x12\x10\n\x08start_ms\x18\x0e \x01(\x04\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9e\x01\n\rClusterStatus\x12/\n\tinstances\x18\x01 \x03(\x0b\x32\x1c.meshserve.v1.InstanceStatus\x12\x19\n\x11registered_models\x18\x02 \x01(\r\x12\x15\n\rloaded_copies\x18\x03 \x01(\r\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x04 \x01(\x04\x12\x12\n\nused_bytes\x18\x05 \x01(\x04\"\x12\n\x10GetPolicyRequest\",\n\x06Policy\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\"V\n\x10SetPolicyRequest\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12\x19\n\x11\x65xpected_revision\x18\x02 \x01(\x04\x12\x15\n\rvalidate_only\x18\x03 \x01(\x08\"+\n\x14\x44rainInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"?\n\x15\x44rainInstanceResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x11\n\tmodel_ids\x18\x02 \x03(\t\"\xd6\x01\n\x15SetModelConfigRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nmin_copies\x18\x02 \x01(\r\x12\x12\n\nmax_copies\x18\x03 \x01(\r\x12?\n\x06labels\x18\x04 \x03(\x0b\x32/.meshserve.v1.SetModelConfigRequest.LabelsEntry\x12\x13\n\x0bkeep_labels\x18\x05 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xf3\x03\n\tMeshAdmin\x12Q\n\nListModels\x12\x1f.meshserve.v1.ListModelsRequest\x1a .meshserve.v1.ListModelsResponse\"\x00\x12X\n\x10GetClusterStatus\x12%.meshserve.v1.GetClusterStatusRequest\x1a\x1b.meshserve.v1.ClusterStatus\"\x00\x12\x43\n\tGetPolicy\x12\x1e.meshserve.v1.GetPolicyRequest\x1a\x14.meshserve.v1.Policy\"\x00\x12\x43\n\tSetPolicy\x12\x1e.meshserve.v1.SetPolicyRequest\x1a\x14.meshserve.v1.Policy\"\x00\x12Z\n\rDrainInstance\x12\".meshserve.v1.DrainInstanceRequest\x1a#.meshserve.v1.DrainInstanceResponse\"\x00\x12S\n\x0eSetModelConfig\x12#.meshserve.v1.SetModelConfigRequest\x1a\x1a.meshserve.v1.ModelSummary\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#mesh/proto/meshserve/v1/admin.proto\x12\x0cmeshserve.v1\x1a!mesh/proto/mmesh/model_mesh.proto\"J\n\x11ListModelsRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x08\x43opyInfo\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08since_ms\x18\x03 \x01(\x04\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\"\xd4\x02\n\x0cModelSummary\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x15\n\rregistered_ms\x18\x06 \x01(\x04\x12\x14\n\x0clast_used_ms\x18\x07 \x01(\x04\x12&\n\x06\x63opies\x18\x08 \x03(\x0b\x32\x16.meshserve.v1.CopyInfo\x12\x36\n\x06labels\x18\t \x03(\x0b\x32&.meshserve.v1.ModelSummary.LabelsEntry\x12\x12\n\nmin_copies\x18\n \x01(\r\x12\x12\n\nmax_copies\x18\x0b \x01(\r\x12\x0e\n\x06\x65rrors\x18\x0c \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.meshserve.v1.ModelSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x19\n\x17GetClusterStatusRequest\"\x88\x03\n\x0eInstanceStatus\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x03 \x01(\x04\x12\x12\n\nused_bytes\x18\x04 \x01(\x04\x12\x13\n\x0bmodel_count\x18\x05 \x01(\r\x12\x19\n\x11loads_in_progress\x18\x06 \x01(\r\x12\x15\n\rshutting_down\x18\x07 \x01(\x08\x12\x0c\n\x04zone\x18\x08 \x01(\t\x12\x38\n\x06labels\x18\t \x03(\x0b\x32(.meshserve.v1.InstanceStatus.LabelsEntry\x12\x15\n\roldest_lru_ms\x18\n \x01(\x04\x12\x11\n\tmodel_ids\x18\x0b \x03(\t\x12\x18\n\x10metrics_endpoint\x18\x0c \x01(\t\x12\x0f\n\x07version\x18\r \x01(\t\x12\x10\n\x08start_ms\x18\x0e \x01(\x04\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9e\x01\n\rClusterStatus\x12/\n\tinstances\x18\x01 \x03(\x0b\x32\x1c.meshserve.v1.InstanceStatus\x12\x19\n\x11registered_models\x18\x02 \x01(\r\x12\x15\n\rloaded_copies\x18\x03 \x01(\r\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x04 \x01(\x04\x12\x12\n\nused_bytes\x18\x05 \x01(\x04\"\x12\n\x10GetPolicyRequest\",\n\x06Policy\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\"V\n\x10SetPolicyRequest\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12\x19\n\x11\x65xpected_revision\x18\x02 \x01(\x04\x12\x15\n\rvalidate_only\x18\x03 \x01(\x08\"+\n\x14\x44rainInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"?\n\x15\x44rainInstanceResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x11\n\tmodel_ids\x18\x02 \x03(\t\"\xd6\x01\n\x15SetModelConfigRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nmin_copies\x18\x02 \x01(\r\x12\x12\n\nmax_copies\x18\x03 \x01(\r\x12?\n\x06labels\x18\x04 \x03(\x0b\x32/.meshserve.v1.SetModelConfigRequest.LabelsEntry\x12\x13\n\x0bkeep_labels\x18\x05 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"/\n\x0bSplitTarget\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\r\"t\n\x16SetTrafficSplitRequest\x12\x11\n\tvmodel_id\x18\x01 \x01(\t\x12*\n\x07targets\x18\x02 \x03(\x0b\x32\x19.meshserve.v1.SplitTarget\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x0c\n\x04sync\x18\x04 \x01(\x08\x32\xc7\x04\n\tMeshAdmin\x12Q\n\nListModels\x12\x1f.meshserve.v1.ListModelsRequest\x1a .meshserve.v1.ListModelsResponse\"\x00\x12X\n\x10GetClusterStatus\x12%.meshserve.v1.GetClusterStatusRequest\x1a\x1b.meshserve.v1.ClusterStatus\"\x00\x12\x43\n\tGetPolicy\x12\x1e.meshserve.v1.GetPolicyRequest\x1a\x14.meshserve.v1.Policy\"\x00\x12\x43\n\tSetPolicy\x12\x1e.meshserve.v1.SetPolicyRequest\x1a\x14.meshserve.v1.Policy\"\x00\x12Z\n\rDrainInstance\x12\".meshserve.v1.DrainInstanceRequest\x1a#.meshserve.v1.DrainInstanceResponse\"\x00\x12S\n\x0eSetModelConfig\x12#.meshserve.v1.SetModelConfigRequest\x1a\x1a.meshserve.v1.ModelSummary\"\x00\x12R\n\x0fSetTrafficSplit\x12$.meshserve.v1.SetTrafficSplitRequest\x1a\x17.mmesh.VModelStatusInfo\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,38 +38,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INSTANCESTATUS_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_SETMODELCONFIGREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_SETMODELCONFIGREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_LISTMODELSREQUEST']._serialized_start=53
-  _globals['_LISTMODELSREQUEST']._serialized_end=127
-  _globals['_COPYINFO']._serialized_start=129
-  _globals['_COPYINFO']._serialized_end=213
-  _globals['_MODELSUMMARY']._serialized_start=216
-  _globals['_MODELSUMMARY']._serialized_end=556
-  _globals['_MODELSUMMARY_LABELSENTRY']._serialized_start=511
-  _globals['_MODELSUMMARY_LABELSENTRY']._serialized_end=556
-  _globals['_LISTMODELSRESPONSE']._serialized_start=558
-  _globals['_LISTMODELSRESPONSE']._serialized_end=647
-  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=649
-  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=674
-  _globals['_INSTANCESTATUS']._serialized_start=677
-  _globals['_INSTANCESTATUS']._serialized_end=1069
-  _globals['_INSTANCESTATUS_LABELSENTRY']._serialized_start=511
-  _globals['_INSTANCESTATUS_LABELSENTRY']._serialized_end=556
-  _globals['_CLUSTERSTATUS']._serialized_start=1072
-  _globals['_CLUSTERSTATUS']._serialized_end=1230
-  _globals['_GETPOLICYREQUEST']._serialized_start=1232
-  _globals['_GETPOLICYREQUEST']._serialized_end=1250
-  _globals['_POLICY']._serialized_start=1252
-  _globals['_POLICY']._serialized_end=1296
-  _globals['_SETPOLICYREQUEST']._serialized_start=1298
-  _globals['_SETPOLICYREQUEST']._serialized_end=1384
-  _globals['_DRAININSTANCEREQUEST']._serialized_start=1386
-  _globals['_DRAININSTANCEREQUEST']._serialized_end=1429
-  _globals['_DRAININSTANCERESPONSE']._serialized_start=1431
-  _globals['_DRAININSTANCERESPONSE']._serialized_end=1494
-  _globals['_SETMODELCONFIGREQUEST']._serialized_start=1497
-  _globals['_SETMODELCONFIGREQUEST']._serialized_end=1711
-  _globals['_SETMODELCONFIGREQUEST_LABELSENTRY']._serialized_start=511
-  _globals['_SETMODELCONFIGREQUEST_LABELSENTRY']._serialized_end=556
-  _globals['_MESHADMIN']._serialized_start=1714
-  _globals['_MESHADMIN']._serialized_end=2213
+  _globals['_LISTMODELSREQUEST']._serialized_start=88
+  _globals['_LISTMODELSREQUEST']._serialized_end=162
+  _globals['_COPYINFO']._serialized_start=164
+  _globals['_COPYINFO']._serialized_end=248
+  _globals['_MODELSUMMARY']._serialized_start=251
+  _globals['_MODELSUMMARY']._serialized_end=591
+  _globals['_MODELSUMMARY_LABELSENTRY']._serialized_start=546
+  _globals['_MODELSUMMARY_LABELSENTRY']._serialized_end=591
+  _globals['_LISTMODELSRESPONSE']._serialized_start=593
+  _globals['_LISTMODELSRESPONSE']._serialized_end=682
+  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=684
+  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=709
+  _globals['_INSTANCESTATUS']._serialized_start=712
+  _globals['_INSTANCESTATUS']._serialized_end=1104
+  _globals['_INSTANCESTATUS_LABELSENTRY']._serialized_start=546
+  _globals['_INSTANCESTATUS_LABELSENTRY']._serialized_end=591
+  _globals['_CLUSTERSTATUS']._serialized_start=1107
+  _globals['_CLUSTERSTATUS']._serialized_end=1265
+  _globals['_GETPOLICYREQUEST']._serialized_start=1267
+  _globals['_GETPOLICYREQUEST']._serialized_end=1285
+  _globals['_POLICY']._serialized_start=1287
+  _globals['_POLICY']._serialized_end=1331
+  _globals['_SETPOLICYREQUEST']._serialized_start=1333
+  _globals['_SETPOLICYREQUEST']._serialized_end=1419
+  _globals['_DRAININSTANCEREQUEST']._serialized_start=1421
+  _globals['_DRAININSTANCEREQUEST']._serialized_end=1464
+  _globals['_DRAININSTANCERESPONSE']._serialized_start=1466
+  _globals['_DRAININSTANCERESPONSE']._serialized_end=1529
+  _globals['_SETMODELCONFIGREQUEST']._serialized_start=1532
+  _globals['_SETMODELCONFIGREQUEST']._serialized_end=1746
+  _globals['_SETMODELCONFIGREQUEST_LABELSENTRY']._serialized_start=546
+  _globals['_SETMODELCONFIGREQUEST_LABELSENTRY']._serialized_end=591
+  _globals['_SPLITTARGET']._serialized_start=1748
+  _globals['_SPLITTARGET']._serialized_end=1795
+  _globals['_SETTRAFFICSPLITREQUEST']._serialized_start=1797
+  _globals['_SETTRAFFICSPLITREQUEST']._serialized_end=1913
+  _globals['_MESHADMIN']._serialized_start=1916
+  _globals['_MESHADMIN']._serialized_end=2499
 # @@protoc_insertion_point(module_scope)
