@@ -2,7 +2,8 @@
 
 The router programs Envoy over xDS; requests naming a loaded model (header, or
 field 1 of the body) go straight to a runtime, everything else to the router.
-Envoy's own counters tell which way a request went.
+Envoy's own counters tell which way a request went. To see what Envoy did in a failing
+test, run it with MESHSERVE_TEST_ENVOY_LOG=debug (the log is the test's gateway.log).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ async def router(etcd_server, mesh_name, runtimes) -> AsyncIterator[RouterServer
 async def gateway(router: RouterServer, tmp_path) -> AsyncIterator[GatewayProcess]:
     gw = GatewayProcess(listen=f"127.0.0.1:{free_port()}", router=router.endpoint, admin_port=free_port(),
                         stats_listen=f"127.0.0.1:{free_port()}",
-                        log_path=tmp_path / "gateway.log", concurrency=1, envoy_log_level=os.environ.get("T_ENVOY_LOG", "warning"))
+                        log_path=tmp_path / "gateway.log", concurrency=1, envoy_log_level=os.environ.get("MESHSERVE_TEST_ENVOY_LOG", "warning"))
     await asyncio.get_running_loop().run_in_executor(None, gw.start)
     yield gw
     gw.terminate()
