@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--demo", action="store_true",
                    help="register generated models, send inference, show placements and an eviction, then exit")
     p.add_argument("--log-level", default="WARNING", help="log level of this process (default WARNING)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="runtimes load pickle-based scikit-learn files (.joblib, .pkl): only for trusted models")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     async def main(stop: asyncio.Event) -> int:
         local = LocalMesh(runtimes=args.runtimes, listen=args.listen, etcd=args.etcd, capacity=args.capacity,
                           data_dir=args.data_dir, mesh=args.mesh, metrics_listen=args.metrics_listen,
-                          gateway=not missing)
+                          gateway=not missing,
+                          runtime_args=("--allow-pickle",) if args.allow_pickle else ())
         try:
             await local.start()
             if local.gateway_proc is not None:
