@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -34,6 +35,9 @@ from router.settings import RouterSettings
 from router.rest.app import RestServer
 from router.splits import SplitChooser
 from router.table import RoutingTable
+
+if TYPE_CHECKING:
+    from router.xds.server import XdsCache
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,7 @@ class RouterServer:
                              self.runtimes, self.clock)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self._server: grpc.aio.Server | None = None
+        self.xds: XdsCache | None = None
         self.port = 0
         self.metrics_port = 0
 
@@ -97,6 +102,7 @@ class RouterServer:
         model_mesh_pb2_grpc.add_ModelMeshServicer_to_server(self.management, server)
         admin_pb2_grpc.add_MeshAdminServicer_to_server(self.admin, server)
         server.add_generic_rpc_handlers([self.frontdoor.handler()])
+        self._add_xds(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection([
             model_mesh_pb2.DESCRIPTOR.services_by_name["ModelMesh"].full_name,
@@ -131,6 +137,19 @@ class RouterServer:
         self.core.set_ready(True)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("router serving on %s%s", self.endpoint, f", REST on {self.rest_endpoint}" if self.rest else "")
+
+    def _add_xds(self, server: grpc.aio.Server) -> None:
+        """Envoy's configuration over ADS on the same port (README "Envoy"), when xds-protos is installed."""
+        self.xds = None
+        if not self.settings.xds:
+            return
+        try:
+            from router.xds.server import add_to_server
+        except ImportError:
+            log.info("xDS off: xds-protos is not installed (pip install 'meshserve[envoy]')")
+            return
+        self.xds = add_to_server(server, self.mirror, self.metrics.registry, self.tasks, self.clock)
+        self.xds.start()
 
     def _loaded_copies(self) -> dict[str, int]:
         copies = self.mirror.copies

@@ -44,6 +44,9 @@ class RouterSettings(CommonSettings):
     #: Seed of the per-request draw of traffic-split targets (unset: random). Callers
     #: sending ``mm-split-key`` get a draw fixed by that key instead.
     split_seed: int | None = None
+    #: Serve Envoy's configuration (ADS) on the router's port, for ``meshserve gateway``
+    #: (needs the ``envoy`` extra; without it the router serves as before).
+    xds: bool = True
 
     @field_validator("rest_listen")
     @classmethod

@@ -8,14 +8,19 @@ import asyncio
 from mesh.cli.common import run_until_signal, setup_logging
 from mesh.settings import parse_bytes, parse_host_port
 
-HELP = "start a local mesh in the foreground: etcd (unless --etcd), N runtimes and a router"
+HELP = ("start a local mesh in the foreground: etcd (unless --etcd), N runtimes and a router, "
+        "behind Envoy when the envoy extra is installed")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtimes", type=int, default=2, help="runtime processes to start (default 2)")
-    p.add_argument("--listen", default="127.0.0.1:8033", help="router HOST:PORT (default 127.0.0.1:8033)")
+    p.add_argument("--listen", default="127.0.0.1:8033",
+                   help="the front door's HOST:PORT: Envoy's, or the router's without Envoy (default 127.0.0.1:8033)")
     p.add_argument("--rest-listen", default="127.0.0.1:8008",
-                   help="router KServe V1/V2 REST HOST:PORT (default 127.0.0.1:8008; '' turns it off)")
+                   help="KServe V1/V2 REST HOST:PORT (Envoy's, or the router's without Envoy; default "
+                        "127.0.0.1:8008; '' turns it off)")
+    p.add_argument("--no-envoy", dest="envoy", action="store_false",
+                   help="the router alone as the front door, even when Envoy is installed")
     p.add_argument("--etcd", help="use this etcd HOST:PORT instead of starting a local one")
     p.add_argument("--mesh", default="default", help="mesh name (default 'default')")
     p.add_argument("--capacity", help="memory per runtime, e.g. 512Mi (default: derived from the host)")
@@ -43,15 +48,25 @@ def run(args: argparse.Namespace) -> int:
 
         raise InvalidArgument("--runtimes must be at least 1")
     setup_logging(args.log_level)
+    from mesh.cli.local_mesh import gateway_available
+
+    missing = gateway_available() if args.envoy else "--no-envoy"
 
     async def main(stop: asyncio.Event) -> int:
         local = LocalMesh(runtimes=args.runtimes, listen=args.listen, etcd=args.etcd, capacity=args.capacity,
                           data_dir=args.data_dir, mesh=args.mesh, metrics_listen=args.metrics_listen,
                           rest_listen=args.rest_listen,
+                          gateway=not missing,
                           runtime_args=("--allow-pickle",) if args.allow_pickle else ())
         try:
             await local.start()
-            print(f"meshserve up: router on {local.endpoint}, {len(local.procs)} runtime(s), "
+            if local.gateway_proc is not None:
+                mode = (f"Envoy on {local.endpoint} (loaded models straight to runtimes), "
+                        f"router on {local.router_endpoint} (misses, management, xDS)")
+            else:
+                why = missing if missing == "--no-envoy" else f"{missing}: pip install 'meshserve[envoy]' for Envoy"
+                mode = f"router alone on {local.endpoint} ({why})"
+            print(f"meshserve up: {mode}, {len(local.procs)} runtime(s), "
                   f"etcd {local.etcd}, data in {local.data_dir}", flush=True)
             if local.rest_endpoint:
                 print(f"  REST (KServe V1/V2) on http://{local.rest_endpoint}", flush=True)
