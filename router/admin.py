@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from mesh.clock import Clock
-from mesh.errors import InvalidArgument, ModelNotFound, NotFound
+from mesh.errors import InvalidArgument, ModelNotFound, NotFound, Unimplemented
 from mesh.grpc_errors import translate_errors
 from mesh.policy.document import PolicyDocument, dumps, parse_document
 from mesh.policy.live import LivePolicy
@@ -23,6 +23,9 @@ from mesh.registry.registry import Registry
 from router.status import status_name
 from router.table import RoutingTable
 
+if TYPE_CHECKING:
+    from router.kserve.service import KServeService
+
 
 def validate_policy_document(text: str) -> dict[str, Any]:
     """Parses and validates a policy document (JSON or YAML) into its canonical
@@ -32,8 +35,9 @@ def validate_policy_document(text: str) -> dict[str, Any]:
 
 class Admin(adm_grpc.MeshAdminServicer):
     def __init__(self, registry: Registry, table: RoutingTable, clock: Clock, status_of: Callable[[str], mm.ModelStatusInfo],
-                 policy: LivePolicy | None = None) -> None:
+                 policy: LivePolicy | None = None, kserve: "KServeService | None" = None) -> None:
         self._policy = policy
+        self._kserve = kserve
         self._registry = registry
         self._table = table
         self._clock = clock
@@ -131,3 +135,23 @@ class Admin(adm_grpc.MeshAdminServicer):
         await self._table.mirror.wait_for(revision)
         models = sorted(m for m, copies in self._table.mirror.copies.items() if inst in copies)
         return adm.DrainInstanceResponse(instance_id=inst, model_ids=models)
+
+    # -- KServe resources (router/kserve/) -----------------------------------
+
+    def _resources(self) -> "KServeService":
+        if self._kserve is None:
+            raise Unimplemented("this router does not serve KServe resources")
+        return self._kserve
+
+    @translate_errors
+    async def ApplyResources(self, request: adm.ApplyResourcesRequest, context: grpc.aio.ServicerContext) -> adm.ResourcesResponse:  # noqa: N802
+        return adm.ResourcesResponse(resources=await self._resources().apply(request.manifests))
+
+    @translate_errors
+    async def GetResources(self, request: adm.GetResourcesRequest, context: grpc.aio.ServicerContext) -> adm.ResourcesResponse:  # noqa: N802
+        return adm.ResourcesResponse(resources=self._resources().get(request.kind, request.name))
+
+    @translate_errors
+    async def DeleteResources(self, request: adm.DeleteResourcesRequest, context: grpc.aio.ServicerContext) -> adm.ResourcesResponse:  # noqa: N802
+        resources = await self._resources().delete(request.manifests, request.kind, request.name)
+        return adm.ResourcesResponse(resources=resources)

@@ -10,6 +10,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mesh.clock import Clock, SystemClock
+from mesh.kserve.placement import with_serving_runtimes
 from mesh.proto.meshserve.v1 import admin_pb2, admin_pb2_grpc
 from mesh.proto.mmesh import model_mesh_pb2, model_mesh_pb2_grpc
 from mesh.registry.etcd_store import EtcdStore
@@ -20,6 +21,8 @@ from mesh.registry.store import KVStore
 from mesh.tasks import TaskSet
 from router.admin import Admin
 from router.forward import Forwarder
+from router.kserve.index import ResourceIndex
+from router.kserve.service import KServeService
 from router.frontdoor import SERVICE as V2_SERVICE
 from router.frontdoor import FrontDoor
 from mesh.registry import records as rec
@@ -53,14 +56,20 @@ class RouterServer:
         self.mirror = RegistryMirror(self.store, self.keys)
         self.table = RoutingTable(self.mirror, self.clock)
         self.runtimes = RuntimeClients(settings.max_message_bytes)
+        self.resources = ResourceIndex(self.mirror)
+        # InferenceService models go only where an applied ServingRuntime (or none) lets them.
+        placement = with_serving_runtimes(self.policy.placement, self.resources.runtimes)
         self.loader = Loader(settings, self.registry, self.table, self.runtimes, self.clock,
-                             placement=self.policy.placement, spread_ties=self.policy.is_default_placement)
+                             placement=placement, spread_ties=self.policy.is_default_placement)
         self.loader.on_load = lambda outcome: self.metrics.loads.labels(outcome).inc()
         self.forwarder = Forwarder(self.table, self.loader, self.runtimes, self.clock, settings.max_attempts,
                                    self.metrics)
         self.tasks = TaskSet("router")
         self.management = Management(settings, self.registry, self.table, self.loader, self.runtimes, self.clock, self.tasks)
-        self.admin = Admin(self.registry, self.table, self.clock, self.management.status, self.policy.live)
+        self.kserve = KServeService(self.registry, self.table, self.management, self.loader, self.resources,
+                                    self.clock, self._public_urls)
+        self.admin = Admin(self.registry, self.table, self.clock, self.management.status, self.policy.live,
+                           self.kserve)
         self.frontdoor = FrontDoor(self.forwarder, self.table, settings.default_timeout_s, self.metrics)
         self.scaler = Scaler(settings, self.table, self.loader, self.forwarder, self.management,
                              self.runtimes, self.clock)
@@ -73,6 +82,10 @@ class RouterServer:
     def endpoint(self) -> str:
         host = self.settings.listen.rpartition(":")[0]
         return f"{host}:{self.port}"
+
+    def _public_urls(self) -> tuple[str, str]:
+        """gRPC and REST URLs shown in InferenceService statuses."""
+        return (self.settings.public_grpc_url or f"grpc://{self.endpoint}", self.settings.public_rest_url)
 
     async def start(self) -> None:
         await self.store.start()

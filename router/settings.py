@@ -35,3 +35,8 @@ class RouterSettings(CommonSettings):
     #: Per-model metric labels (``meshserve_model_requests_total{model,code}``,
     #: ``meshserve_model_copies{model}``); off: thousands of models, thousands of series.
     metrics_per_model: bool = False
+    #: URLs an InferenceService's status shows clients (``status.url``,
+    #: ``components.predictor.grpcUrl`` / ``restUrl``); "" = ``grpc://<listen>`` and,
+    #: while REST is off, no REST URL. Set them to the address behind a load balancer.
+    public_grpc_url: str = ""
+    public_rest_url: str = ""

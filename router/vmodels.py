@@ -56,7 +56,7 @@ class VModels:
         s = self._s
         return vmodel_status(self._table, vid, self._clock.now_ms(), s.failure_ttl_s, s.max_load_failures)
 
-    async def set(self, req: mm.SetVModelRequest, context: grpc.aio.ServicerContext) -> mm.VModelStatusInfo:
+    async def set(self, req: mm.SetVModelRequest, context: grpc.aio.ServicerContext | None) -> mm.VModelStatusInfo:
         vid = validate_id(req.vModelId, what="vmodel id")
         target = validate_id(req.targetModelId, what="targetModelId")
         if req.HasField("modelInfo"):

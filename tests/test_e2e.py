@@ -52,10 +52,10 @@ def runtimes(etcd_server, mesh_name, capacity: int) -> Iterator[list[RuntimeProc
             p.kill()
 
 
-async def start_router(etcd_server, mesh_name: str, expect: int) -> RouterServer:
+async def start_router(etcd_server, mesh_name: str, expect: int, **settings) -> RouterServer:
     """An in-process router on a free port, once its mirror sees ``expect`` runtimes."""
     router = RouterServer(RouterSettings(etcd=etcd_server.endpoint, mesh=mesh_name, listen="127.0.0.1:0",
-                                         scale_interval_s=3600))
+                                         scale_interval_s=3600, **settings))
     await router.start()
     for _ in range(100):
         if len(router.mirror.instances) >= expect:

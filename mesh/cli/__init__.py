@@ -27,6 +27,9 @@ COMMANDS: dict[str, str] = {
     "infer": "mesh.cli.client_cmds",
     "cluster": "mesh.cli.client_cmds",
     "policy": "mesh.cli.policy_cmd",
+    "apply": "mesh.cli.kserve_cmds",
+    "get": "mesh.cli.kserve_cmds",
+    "delete": "mesh.cli.kserve_cmds",
 }
 
 
