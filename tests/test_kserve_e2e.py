@@ -213,6 +213,23 @@ async def test_apply_infer_reapply_transition_under_traffic_delete(router: Route
     obj = await get_isvc(router, "m1")
     assert obj["metadata"]["generation"] == 2 and ready(obj) == "True"
 
+    # A spec whose model cannot load blocks the transition; the old model keeps serving.
+    good = router.mirror.vmodels["m1"].active_model
+    manifest.write_text(isvc_yaml("m1", "missing.onnx"))
+    assert (await cli(router, "apply", "-f", str(manifest))).returncode == 0
+    obj = await wait_for(router, "m1", lambda o: o["status"]["modelStatus"]["transitionStatus"] == "BlockedByFailedLoad",
+                         "blocked transition")
+    ms = obj["status"]["modelStatus"]
+    assert ms["states"]["activeModelState"] == "Loaded" and ms["lastFailureInfo"]["reason"] == "ModelLoadFailed"
+    assert "missing.onnx" in ms["lastFailureInfo"]["message"] and ready(obj) == "True"
+    broken = ms["lastFailureInfo"]["modelRevisionName"]
+    assert await client.infer("m1") == "b"
+    manifest.write_text(isvc_yaml("m1", "b.onnx"))  # back to the spec that works
+    assert (await cli(router, "apply", "-f", str(manifest))).returncode == 0
+    obj = await get_isvc(router, "m1")
+    assert obj["status"]["modelStatus"]["transitionStatus"] == "UpToDate" and "lastFailureInfo" not in obj["status"]["modelStatus"]
+    assert router.mirror.vmodels["m1"].active_model == good and broken not in router.mirror.models
+
     # Delete: the vmodel and its model are gone, and so is the resource.
     current = router.mirror.vmodels["m1"].active_model
     out = await cli(router, "delete", "-f", str(manifest))
