@@ -327,3 +327,81 @@ async def _after_restart(etcd_server, mesh_name: str, runtimes: list[RuntimeProc
         assert not second.mirror.resources and not second.mirror.vmodels and not second.mirror.models
     finally:
         await second.stop(0)
+
+
+IRIS_INSTANCES = {"instances": [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]}
+
+
+def curl_predict(rest: str, name: str) -> tuple[int, Any]:
+    """``curl -s -d @body http://REST/v1/models/NAME:predict``: HTTP status and the JSON body."""
+    out = subprocess.run(["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-H", "Content-Type: application/json",
+                          "-d", json.dumps(IRIS_INSTANCES), f"http://{rest}/v1/models/{name}:predict"],
+                         capture_output=True, text=True, timeout=60)
+    body, _, code = out.stdout.rpartition("\n")
+    return int(code or 0), json.loads(body) if body.strip() else None
+
+
+async def test_seed_sklearn_iris_over_rest(etcd_server, mesh_name, s3: MotoS3, storage_config: Path,
+                                           tmp_path: Path) -> None:
+    """The issue's must-show: the seed's sklearn-iris from S3, curl :predict, get, a storageUri move
+    under traffic with no failed request, delete."""
+    pytest.importorskip("router.rest.app", reason="needs the REST front door (issue 11)")
+    pytest.importorskip("mesh.runtime.backends.sklearn", reason="needs the sklearn backend (issue 12)")
+    tabular = pytest.importorskip("mesh.modelgen_tabular", reason="needs the iris model generator (issue 12)")
+    for version, proba in (("1.0", False), ("2.0", True)):
+        folder = tmp_path / version
+        tabular.write_sklearn_iris(folder, proba=proba)
+        s3.admin().upload_file(str(folder / "model.joblib"), BUCKET, f"sklearn/{version}/model/model.joblib")
+    seed = (ROOT / "examples" / "kserve" / "sklearn-iris.yaml").read_text()
+    manifest = tmp_path / "sklearn-iris.yaml"
+    manifest.write_text(seed.replace("gs://kfserving-examples/models/sklearn/1.0/model",
+                                     "s3://models/sklearn/1.0/model"))
+    env = {"MESHSERVE_MODEL_TYPES": "sklearn", "MESHSERVE_LEASE_TTL_S": "3"}
+    rt = start_runtime(etcd_server.endpoint, mesh_name, capacity=10**8, env=env,
+                       extra_args=["--storage-config", str(storage_config), "--allow-pickle"])
+    router = await start_router(etcd_server, mesh_name, 1, rest_listen="127.0.0.1:0")
+    try:
+        rest = router.rest_endpoint
+        out = await cli(router, "apply", "-f", str(manifest))
+        assert out.returncode == 0 and out.stdout.strip().endswith("sklearn-iris created"), out
+        assert await asyncio.to_thread(curl_predict, rest, "sklearn-iris") == (200, {"predictions": [1, 1]})
+        obj = await wait_for(router, "sklearn-iris", lambda o: ready(o) == "True"
+                             and o["status"]["modelStatus"]["states"]["activeModelState"] == "Loaded", "iris ready")
+        assert obj["status"]["components"]["predictor"] == {
+            "url": f"grpc://{router.endpoint}", "grpcUrl": f"grpc://{router.endpoint}", "restUrl": f"http://{rest}"}
+        text = await cli(router, "get", "isvc", "sklearn-iris")
+        assert "Ready:       True" in text.stdout and f"http://{rest}" in text.stdout, text.stdout
+        first = router.mirror.vmodels["sklearn-iris"].active_model
+
+        # Another storageUri under traffic: a transition, and not one failed request.
+        results: list[tuple[int, Any]] = []
+        stop = asyncio.Event()
+
+        async def traffic() -> None:
+            while not stop.is_set():
+                results.append(await asyncio.to_thread(curl_predict, rest, "sklearn-iris"))
+
+        sender = asyncio.create_task(traffic())
+        try:
+            manifest.write_text(manifest.read_text().replace("sklearn/1.0/model", "sklearn/2.0/model"))
+            out = await cli(router, "apply", "-f", str(manifest))
+            assert out.returncode == 0 and out.stdout.strip().endswith("configured"), out
+            await wait_for(router, "sklearn-iris", lambda o: o["status"]["modelStatus"]["transitionStatus"]
+                           == "UpToDate" and router.mirror.vmodels["sklearn-iris"].active_model != first, "move")
+            seen = len(results)
+            while len(results) < seen + 3:
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await sender
+        assert results and all(r == (200, {"predictions": [1, 1]}) for r in results), results[:5]
+        assert first not in router.mirror.models
+
+        out = await cli(router, "delete", "isvc", "sklearn-iris")
+        assert out.returncode == 0 and out.stdout.strip().endswith("deleted"), out
+        assert "sklearn-iris" not in router.mirror.vmodels and not router.mirror.models
+        code, body = await asyncio.to_thread(curl_predict, rest, "sklearn-iris")
+        assert code == 404 and "sklearn-iris" in json.dumps(body)
+    finally:
+        await router.stop(0)
+        rt.kill()
