@@ -25,6 +25,8 @@ from tritonclient.grpc import service_pb2 as v2
 from tritonclient.grpc import service_pb2_grpc as v2_grpc
 
 from mesh import modelgen
+from mesh.proto.mmesh import model_mesh_pb2 as mm
+from mesh.proto.mmesh import model_mesh_pb2_grpc as mm_grpc
 from router.server import RouterServer
 from tests.procs import ROOT, RuntimeProc, start_runtime
 from tests.test_e2e import start_router
@@ -256,6 +258,21 @@ async def test_invalid_manifests_are_refused_with_the_field_named(router: Router
     bad.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
     out = await cli(router, "apply", "-f", str(bad))
     assert out.returncode == 1 and "kind 'ConfigMap' is not supported" in out.stderr
+
+    # A vmodel of that name that no InferenceService owns is not taken over.
+    async with grpc.aio.insecure_channel(router.endpoint) as ch:
+        stub = mm_grpc.ModelMeshStub(ch)
+        await stub.setVModel(mm.SetVModelRequest(vModelId="taken", targetModelId="plain", owner="someone",
+                                                 modelInfo=mm.ModelInfo(type="onnx", path="s3://models/a.onnx")))
+    bad.write_text(isvc_yaml("good", "a.onnx") + "---\n" + isvc_yaml("taken", "a.onnx"))
+    out = await cli(router, "apply", "-f", str(bad))
+    assert out.returncode == 1 and "FAILED_PRECONDITION" in out.stderr and "'someone'" in out.stderr
+    assert not router.mirror.resources and router.mirror.vmodels["taken"].owner == "someone"
+    # One mesh is one namespace: the same name from another namespace is refused.
+    assert (await cli(router, "apply", "-f", "-", stdin=isvc_yaml("good", "a.onnx"))).returncode == 0
+    other = isvc_yaml("good", "b.onnx").replace("namespace: ml-serving", "namespace: team-b")
+    out = await cli(router, "apply", "-f", "-", stdin=other)
+    assert out.returncode == 1 and "ALREADY_EXISTS" in out.stderr and "ml-serving" in out.stderr
 
 
 async def test_serving_runtime_places_on_labelled_runtimes_and_survives_a_router_restart(

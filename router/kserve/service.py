@@ -63,18 +63,28 @@ class KServeService:
     async def apply(self, manifests: str) -> list[adm.Resource]:
         resources = parse_manifests(manifests)
         resources.sort(key=lambda r: r.kind == INFERENCE_SERVICE)  # runtimes first
+        for r in resources:  # refuse conflicts before anything is written
+            self._check(r)
         out = []
         for r in resources:
             outcome = await self._apply_one(r)
             out.append(self._describe(r.kind, r.name, outcome))
         return out
 
-    async def _apply_one(self, r: Resource) -> str:
+    def _check(self, r: Resource) -> None:
         previous = self._table.mirror.resources.get((r.kind, r.name))
         if previous is not None and previous.namespace != r.namespace:
             raise AlreadyExists(
                 f"{r.kind} {r.name!r} is already applied from namespace {previous.namespace or '(none)'!r}; this "
                 f"mesh is one namespace (as one ModelMesh per namespace): rename it or delete the other first")
+        vmodel = self._table.mirror.vmodels.get(r.name) if r.kind == INFERENCE_SERVICE else None
+        if vmodel is not None and vmodel.owner != OWNER:
+            raise FailedPrecondition(
+                f"vmodel {r.name!r} exists and is owned by {vmodel.owner or 'nobody'!r}, not by an "
+                "InferenceService: delete it (ModelMesh deleteVModel) or name the InferenceService differently")
+
+    async def _apply_one(self, r: Resource) -> str:
+        previous = self._table.mirror.resources.get((r.kind, r.name))
         plan = translate(r, previous=previous, now_ms=self._clock.now_ms())
         if plan.vmodel is not None:
             await self._set_vmodel(plan)
@@ -88,10 +98,6 @@ class KServeService:
         w = plan.vmodel
         assert w is not None
         current = self._table.mirror.vmodels.get(w.vmodel_id)
-        if current is not None and current.owner != w.owner:
-            raise FailedPrecondition(
-                f"vmodel {w.vmodel_id!r} exists and is owned by {current.owner or 'nobody'!r}, not by an "
-                "InferenceService: delete it (meshserve deleteVModel) or name the InferenceService differently")
         if current is not None and current.target_model == w.target_model_id:
             return  # already there (or on its way): applying again changes nothing
         await self._m.register(w.target_model_id, mm.ModelInfo(type=w.type, path=w.path, key=w.key),
