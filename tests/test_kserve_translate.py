@@ -201,6 +201,14 @@ def test_support_reasons_as_modelmesh_reports_them() -> None:
     assert any("multiModel" in w for w in single.warnings)
 
 
+def test_runtime_names_may_hold_dots_inference_service_names_may_not() -> None:
+    r = runtime(TRITON_RUNTIME.replace("name: triton-runtime", "name: mlserver-1.x"))
+    assert r.name == "mlserver-1.x"
+    with pytest.raises(InvalidArgument, match="metadata.name"):
+        parse_resource(with_predictor({"model": {"modelFormat": {"name": "onnx"}, "storageUri": "s3://b/p"}},
+                                      name="iris-1.x"))
+
+
 def test_a_namespaced_runtime_wins_over_a_cluster_runtime_of_the_same_name() -> None:
     cluster = runtime(TRITON_RUNTIME.replace("kind: ServingRuntime", "kind: ClusterServingRuntime")
                       .replace("name: onnx", "name: xgboost"))

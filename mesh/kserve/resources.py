@@ -41,9 +41,12 @@ RUNTIME_ANNOTATION = "serving.kserve.io/servingRuntime"
 SECRET_KEY_ANNOTATION = "serving.kserve.io/secretKey"
 SCHEMA_PATH_ANNOTATION = "serving.kserve.io/schemaPath"
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
-#: Kubernetes object names (DNS-1035 label, as KServe requires of InferenceServices).
+#: InferenceService names: a DNS-1035 label, as KServe requires (it becomes the vmodel id).
 _NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME = 63
+#: ServingRuntime names: a DNS-1123 subdomain (e.g. ``mlserver-1.x``), kept label-sized
+#: because runtimes carry it as the label ``runtime=<name>``.
+_RUNTIME_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 _MODEL_FIELDS = {"modelFormat", "storageUri", "storage", "runtime", "protocolVersion"}
 _WHY = {
@@ -163,10 +166,14 @@ def parse_resource(doc: Any) -> Resource:
     where = f"{kind} {name!r}" if isinstance(name, str) else kind
     if not isinstance(name, str) or not name:
         raise InvalidArgument(f"{kind}: metadata.name is required")
-    if len(name) > MAX_NAME or not _NAME.match(name):
+    if kind == INFERENCE_SERVICE and (len(name) > MAX_NAME or not _NAME.match(name)):
         raise InvalidArgument(
             f"{where}: metadata.name is invalid: use at most {MAX_NAME} lower-case letters, digits and '-', "
             "starting with a letter and ending with a letter or digit")
+    if kind != INFERENCE_SERVICE and (len(name) > MAX_NAME or not _RUNTIME_NAME.match(name) or ".." in name):
+        raise InvalidArgument(
+            f"{where}: metadata.name is invalid: use at most {MAX_NAME} lower-case letters, digits, '-' and '.', "
+            "starting and ending with a letter or digit")
     namespace = meta.get("namespace", "")
     if not isinstance(namespace, str):
         raise InvalidArgument(f"{where}: metadata.namespace must be a string")
