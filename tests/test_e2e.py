@@ -52,14 +52,21 @@ def runtimes(etcd_server, mesh_name, capacity: int) -> Iterator[list[RuntimeProc
             p.kill()
 
 
-async def start_router(etcd_server, mesh_name: str, expect: int, **settings) -> RouterServer:
-    """An in-process router on a free port, once its mirror sees ``expect`` runtimes."""
+async def start_router(etcd_server, mesh_name: str, expect: int, timeout_s: float = 30.0,
+                       **settings) -> RouterServer:
+    """An in-process router on a free port, once its mirror sees ``expect`` runtimes.
+
+    Fails (stopping the router) if they do not all show within ``timeout_s``."""
     router = RouterServer(RouterSettings(etcd=etcd_server.endpoint, mesh=mesh_name, listen="127.0.0.1:0",
                                          scale_interval_s=3600, **settings))
     await router.start()
-    for _ in range(100):
-        if len(router.mirror.instances) >= expect:
-            break
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while len(router.mirror.instances) < expect:
+        if loop.time() > deadline:
+            seen = sorted(router.mirror.instances)
+            await router.stop(0)
+            raise AssertionError(f"the router saw {len(seen)} of {expect} runtimes within {timeout_s}s: {seen}")
         await asyncio.sleep(0.05)
     return router
 
@@ -158,12 +165,18 @@ async def test_vmodel_moves_to_a_new_target_without_a_failed_request(client: Cli
             except grpc.aio.AioRpcError as e:
                 failures.append(e)
 
+    async def served_at_least(n: int, since: float) -> None:
+        deadline = loop.time() + 30
+        while sum(1 for started, _ in served if started >= since) < n and not failures:
+            assert loop.time() < deadline, f"only {len(served)} requests served in 30 s"
+            await asyncio.sleep(0.02)
+
     tasks = [asyncio.create_task(traffic()) for _ in range(4)]
-    await asyncio.sleep(0.3)
+    await served_at_least(8, 0.0)  # traffic is flowing to v1
     st = await client.mesh.setVModel(mm.SetVModelRequest(vModelId="prod", targetModelId="v2", sync=True))
     switched_at = loop.time()
     assert st.activeModelId == "v2" and st.status == mm.VModelStatusInfo.DEFINED
-    await asyncio.sleep(0.3)
+    await served_at_least(8, switched_at)  # and keeps flowing after the switch
     stop.set()
     await asyncio.gather(*tasks)
     assert not failures, failures[:3]
@@ -180,6 +193,8 @@ async def test_two_routers_on_one_etcd_never_load_a_model_twice(
     try:
         files = model_files[:20]
         ids = await client.register_all(files, prefix="shared")
+        # The registrations went through the first router: the second must have them too.
+        await second.mirror.wait_for(await router.store.revision(), timeout_s=30)
         await asyncio.gather(*(c.infer(mid, spec) for mid, (spec, _) in zip(ids, files)
                                for c in (client, other) for _ in range(3)))
         assert successful_loads(runtimes, router) == len(ids)
@@ -216,9 +231,9 @@ async def test_runtime_killed_under_traffic_requests_retry_and_its_copies_vanish
     await asyncio.gather(*tasks)
     assert not failures, [f"{e.code()}: {e.details()}" for e in failures[:3]]
     assert done == 160
-    for _ in range(100):  # the lease (3 s) expires, and with it the copies
-        if victim.instance_id not in router.mirror.instances:
-            break
+    deadline = asyncio.get_running_loop().time() + 30
+    while victim.instance_id in router.mirror.instances:  # the lease (3 s) expires, and with it the copies
+        assert asyncio.get_running_loop().time() < deadline, f"{victim.instance_id} never left the mirror"
         await asyncio.sleep(0.1)
     for mid in ids:
         st = await client.mesh.getModelStatus(mm.GetStatusRequest(modelId=mid))

@@ -36,12 +36,14 @@ async def test_loaded_models_keep_serving_while_etcd_is_down(tmp_path, mesh_name
         assert etcd.endpoint in err.value.details()
         # etcd back: registrations work again, and the new model serves.
         etcd.start()
-        for _ in range(100):
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:
             try:
                 await client.mesh.registerModel(mm.RegisterModelRequest(
                     modelId="after-outage", modelInfo=mm.ModelInfo(type="onnx", path=str(files[0][1]))))
                 break
-            except grpc.aio.AioRpcError:
+            except grpc.aio.AioRpcError as e:
+                assert asyncio.get_running_loop().time() < deadline, f"registrations never came back: {e.details()}"
                 await asyncio.sleep(0.2)
         assert (await client.infer("after-outage", files[0][0]))[1]
     finally:

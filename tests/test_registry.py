@@ -63,13 +63,16 @@ async def test_list_models_pages_with_prefix(registry: Registry) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad",
-    ["", "a" * 257, "../etc/passwd", "/lead", "trail/", "a//b", "sp ace", "new\nline", "uni\u00e9", "a*b"],
+    "bad,named",
+    [("", "is empty"), ("a" * 257, "257 characters long: the limit is 256"), ("../etc/passwd", "contains '..'"),
+     ("/lead", "starts or ends with '/'"), ("trail/", "starts or ends with '/'"), ("a//b", "contains '//'"),
+     ("sp ace", "contains ' '"), ("new\nline", "contains '\\n'"), ("uni\u00e9", "contains '\u00e9'"),
+     ("a*b?c*", "contains '*', '?'")],
 )
-def test_invalid_ids_are_refused_with_a_reason(bad: str) -> None:
+def test_invalid_ids_are_refused_naming_the_problem(bad: str, named: str) -> None:
     with pytest.raises(InvalidModelId) as err:
         validate_id(bad)
-    assert "model id" in str(err.value)
+    assert "model id" in str(err.value) and named in str(err.value)
 
 
 @pytest.mark.parametrize("good", ["m", "team-a/resnet50:v2", "mnist-svm__isvc-6b2eb0b8bf", "a" * 256, "x@y+z=1.0"])
@@ -77,9 +80,13 @@ def test_valid_ids_pass(good: str) -> None:
     assert validate_id(good) == good
 
 
-async def test_registry_refuses_bad_ids_before_touching_the_store(registry: Registry) -> None:
-    with pytest.raises(InvalidModelId):
-        await registry.create_model(rec.ModelRecord("../x", "onnx"))
+async def test_registry_refuses_bad_ids_before_touching_the_store(registry: Registry, store, keys: KeySchema) -> None:
+    for bad in ("../x", "a b", "x//y"):
+        with pytest.raises(InvalidModelId):
+            await registry.create_model(rec.ModelRecord(bad, "onnx"))
+        with pytest.raises(InvalidModelId):
+            await registry.update_vmodel(bad, lambda cur: cur)
+    assert (await store.list(keys.root)).items == []  # nothing written under the mesh
 
 
 async def test_mirror_loads_then_follows(store, keys: KeySchema, registry: Registry) -> None:

@@ -10,6 +10,7 @@ import pytest
 from tritonclient.grpc import service_pb2 as v2
 from tritonclient.grpc import service_pb2_grpc as v2_grpc
 
+from mesh.clock import FakeClock
 from mesh.proto.meshserve.v1 import admin_pb2 as adm
 from mesh.proto.meshserve.v1 import admin_pb2_grpc as adm_grpc
 from mesh.proto.mmesh import model_mesh_pb2 as mm
@@ -137,6 +138,7 @@ async def test_two_routers_on_one_etcd_load_a_model_once(etcd_server, mesh_name,
     other = Client(second.endpoint)
     try:
         await client.register("shared")
+        await second.mirror.wait_for(await router.store.revision())  # registered through the first router
         results = await asyncio.gather(*(c.infer("shared") for c in (client, other) for _ in range(10)))
         assert {r.model_name for r in results} == {"shared"}
         assert sum(rt.loads.get("shared", 0) for rt in runtimes) == 1
@@ -187,10 +189,10 @@ async def test_vmodel_moves_only_when_target_loaded_without_failed_requests(clie
     st = await client.mesh.setVModel(mm.SetVModelRequest(vModelId="prod", targetModelId="v2"))
     assert st.status == mm.VModelStatusInfo.TRANSITIONING and st.activeModelId == "v1"
     served = []
-    for _ in range(60):
+    deadline = asyncio.get_running_loop().time() + 30
+    while not served or served[-1] != "v2":
+        assert asyncio.get_running_loop().time() < deadline, f"never moved to v2: {served[-5:]}"
         served.append((await client.infer("prod", metadata=(("mm-vmodel-id", "prod"),))).model_name)
-        if served[-1] == "v2":
-            break
         await asyncio.sleep(0.05)
     assert served[0] == "v1" and served[-1] == "v2"
     st = await client.mesh.getVModelStatus(mm.GetVModelStatusRequest(vModelId="prod"))
@@ -285,18 +287,21 @@ async def test_admin_lists_pages_cluster_and_policy(client: Client, runtimes) ->
 
 
 async def test_copies_scale_up_under_load_and_idle_extras_go_back(etcd_server, mesh_name, runtimes) -> None:
-    server = RouterServer(router_settings(etcd_server, mesh_name, scale_up_rpm=60, idle_copy_s=0.5))
+    clock = FakeClock()
+    server = RouterServer(router_settings(etcd_server, mesh_name, scale_up_rpm=60, idle_copy_s=30), clock=clock)
     await server.start()
     client = Client(server.endpoint)
     try:
         await client.register("busy")
         for _ in range(30):
             await client.infer("busy")
-        await server.scaler.tick()  # 30 requests in well under a minute: > 60/min on one copy
+        clock.advance(10)
+        await server.scaler.tick()  # 30 requests in 10 s: 180/min > 60/min on one copy
         st = await client.mesh.getModelStatus(mm.GetStatusRequest(modelId="busy"))
         assert sorted(c.location for c in st.modelCopyInfos) == ["rt-0", "rt-1"]
-        await asyncio.sleep(0.6)
-        await server.scaler.tick()  # idle now: the extra copy goes back, one stays
+        clock.advance(21)
+        await server.scaler.tick()  # unused for 31 s > 30 s now: the extra copy goes back, one stays
+        await server.mirror.wait_for(await server.store.revision())  # the runtime's key delete, mirrored
         st = await client.mesh.getModelStatus(mm.GetStatusRequest(modelId="busy"))
         assert len(st.modelCopyInfos) == 1 and st.status == MS.LOADED
     finally:
@@ -349,6 +354,7 @@ async def test_drain_stops_new_loads_there_in_every_router(etcd_server, mesh_nam
         assert resp.instance_id == "rt-0"
         for i in range(6):
             await client.register(f"d{i}")
+        await other.mirror.wait_for(await router.store.revision())  # drain and models came via the first
         # Loads through either router land only on the instance that is not drained.
         for i in range(6):
             c = client if i % 2 else other_client

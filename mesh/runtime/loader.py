@@ -214,7 +214,7 @@ class ModelManager:
                     )
             except TimeoutError:
                 raise DeadlineExceeded(
-                    f"model {model_id!r}: load took longer than {timeout:.0f}s (the timeout for a predicted "
+                    f"model {model_id!r}: load took longer than {timeout:.1f}s (the timeout for a predicted "
                     f"{predicted} bytes); nothing was kept"
                 ) from None
             measured = max(measured, model.allocated_bytes)

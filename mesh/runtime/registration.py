@@ -95,14 +95,17 @@ class Registration:
                            ("lease", self._lease_loop())):
             self._tasks.append(loop.create_task(coro, name=f"registration-{name}"))
 
-    async def stop(self) -> None:
-        """Stops the loops and revokes the lease: the record and every copy key vanish."""
+    async def stop(self, *, revoke: bool = True) -> None:
+        """Stops the loops and revokes the lease: the record and every copy key vanish.
+
+        ``revoke=False`` leaves the keys to expire with the lease (what a crash does).
+        """
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         if self._keeper is not None:
-            await self._keeper.stop(revoke=True)
+            await self._keeper.stop(revoke=revoke)
 
     async def mark_shutting_down(self) -> None:
         """Writes ``shutting_down`` at once, so placement stops choosing this runtime."""

@@ -25,6 +25,7 @@ from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
     EndpointConnectionError,
+    FlexibleChecksumError,
     IncompleteReadError,
     NoCredentialsError,
     ReadTimeoutError,
@@ -207,6 +208,10 @@ def _translate(e: Exception, source: Source, c: _Client, key: str | None = None)
             f"{where}: no credentials found ({source.describe_credentials()}); name a storage_key whose "
             "entry has access_key_id/secret_access_key, or set \"anonymous\": true for a public bucket"
         )
+    if isinstance(e, FlexibleChecksumError):
+        # The store published a checksum (x-amz-checksum-*) and botocore found the bytes differ.
+        return CorruptModel(f"{where}: the bytes received do not match the checksum {c.endpoint} published "
+                            f"({e}); corrupted in transit or in storage", retryable=True)
     if isinstance(e, (IncompleteReadError, ResponseStreamingError)):
         return CorruptModel(f"{where}: the download was cut short by {c.endpoint} ({type(e).__name__})",
                             retryable=True)

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
-import ssl
 import subprocess
 import threading
-from http.server import HTTPServer, SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import BUCKET
 from load_tests.storage_servers import FakeGcs, FileServer, Route
+from tls_support import https_server, self_signed
 
 from mesh.errors import (
     CorruptModel,
@@ -98,13 +96,23 @@ async def test_http_server_dying_mid_download(http_server: FileServer, make_fetc
 
 
 async def test_http_5xx_is_transient_and_recovers(http_server: FileServer, make_fetcher: Any) -> None:
-    route = http_server.routes["/flaky.bin"] = Route(b"x" * 1000, status=503)
-    fetcher = await make_fetcher(retry_attempts=5, retry_backoff_s=0.2)
-    task = asyncio.create_task(fetcher.fetch("flaky", f"{http_server.url}/flaky.bin", {}))
-    await asyncio.sleep(0.1)
-    route.status = 200
-    got = await task
+    # The first three requests (HEAD or GET) get 503/502/500, then the store recovers.
+    route = http_server.routes["/flaky.bin"] = Route(b"x" * 1000, errors=[503, 502, 500])
+    fetcher = await make_fetcher(retry_attempts=5)
+    got = await fetcher.fetch("flaky", f"{http_server.url}/flaky.bin", {})
     assert got.path.read_bytes() == b"x" * 1000
+    assert route.errored == 3 and route.errors == []  # the retries really happened
+
+
+async def test_http_persistent_5xx_is_storage_unreachable_after_the_attempts(
+        http_server: FileServer, make_fetcher: Any) -> None:
+    route = http_server.routes["/down.bin"] = Route(b"x", errors=[503] * 10)
+    fetcher = await make_fetcher(retry_attempts=3)
+    with pytest.raises(StorageUnreachable, match="503") as e:
+        await fetcher.fetch("down", f"{http_server.url}/down.bin", {})
+    assert "gave up after 3 attempts" in str(e.value) and e.value.retryable
+    assert route.errored == 3 and route.gets == 0
+    _no_entries(fetcher.settings.cache_dir)
 
 
 async def test_concurrent_fetches_of_one_model_share_one_download(http_server: FileServer, make_fetcher: Any) -> None:
@@ -131,26 +139,15 @@ async def test_sha256_in_the_key_is_checked(http_server: FileServer, make_fetche
 
 
 async def test_tls_is_verified_by_default(tmp_path: Path, make_fetcher: Any, storage_config_file: Any) -> None:
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    cert, key = self_signed(tmp_path, "127.0.0.1")
     (tmp_path / "m.bin").write_bytes(b"secure")
-    httpd = HTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path)))
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    url = f"https://127.0.0.1:{httpd.server_address[1]}/m.bin"
-    try:
+    with https_server(tmp_path, cert, key) as base:
+        url = f"{base}/m.bin"
         fetcher = await make_fetcher(storage_config=storage_config_file(
             {"tls": {"type": "http", "certificate": cert.read_text()}}))
         with pytest.raises(StorageUnreachable, match=r"TLS failed \(\[SSL: CERTIFICATE_VERIFY_FAILED\]"):
             await fetcher.fetch("tls1", url, {})
         assert (await fetcher.fetch("tls2", url, {"storage_key": "tls"})).path.read_bytes() == b"secure"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def test_an_invalid_gcs_private_key_is_reported_without_showing_it() -> None:
