@@ -40,6 +40,10 @@ class MetricsBase:
         self.policy_errors = Counter("meshserve_policy_errors",
                                      "Policy documents this process refused to apply (the old one stayed).",
                                      registry=r)
+        self.streams_open = Gauge("meshserve_streams_open", "ModelStreamInfer streams open now.", registry=r)
+        self.stream_requests_in_flight = Gauge(
+            "meshserve_stream_requests_in_flight", "Requests read from open streams and not yet answered.",
+            registry=r)
         self.model_requests = Counter(
             "meshserve_model_requests", "Inference requests by model and code (only with metrics_per_model).",
             ["model", "code"], registry=r) if per_model else None

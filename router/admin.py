@@ -21,6 +21,9 @@ from mesh.registry import records as rec
 from mesh.registry.ids import validate_id
 from mesh.registry.registry import Registry
 from router.status import status_name
+
+if TYPE_CHECKING:
+    from router.vmodels import VModels
 from router.table import RoutingTable
 
 if TYPE_CHECKING:
@@ -35,8 +38,10 @@ def validate_policy_document(text: str) -> dict[str, Any]:
 
 class Admin(adm_grpc.MeshAdminServicer):
     def __init__(self, registry: Registry, table: RoutingTable, clock: Clock, status_of: Callable[[str], mm.ModelStatusInfo],
-                 policy: LivePolicy | None = None, kserve: "KServeService | None" = None) -> None:
+                 policy: LivePolicy | None = None, vmodels: "VModels | None" = None,
+                 kserve: "KServeService | None" = None) -> None:
         self._policy = policy
+        self._vmodels = vmodels
         self._kserve = kserve
         self._registry = registry
         self._table = table
@@ -135,6 +140,17 @@ class Admin(adm_grpc.MeshAdminServicer):
         await self._table.mirror.wait_for(revision)
         models = sorted(m for m, copies in self._table.mirror.copies.items() if inst in copies)
         return adm.DrainInstanceResponse(instance_id=inst, model_ids=models)
+
+    @translate_errors
+    async def SetTrafficSplit(self, request: adm.SetTrafficSplitRequest, context: grpc.aio.ServicerContext) -> mm.VModelStatusInfo:  # noqa: N802
+        if self._vmodels is None:
+            raise NotFound("this router does not manage vmodels")
+        targets: dict[str, int] = {}
+        for t in request.targets:
+            if t.model_id in targets:
+                raise InvalidArgument(f"split target {t.model_id!r} is given twice")
+            targets[t.model_id] = t.weight
+        return await self._vmodels.set_split(request.vmodel_id, targets, request.owner, request.sync)
 
     # -- KServe resources (router/kserve/) -----------------------------------
 

@@ -20,6 +20,7 @@ from mesh.grpc_errors import from_rpc_error
 from router.loader import Loader
 from router.metrics import RouterMetrics
 from router.runtimes import RuntimeClients
+from router.splits import SPLIT_KEY_HEADER
 from router.table import RoutingTable
 from router.wire import read_field1, replace_field1
 
@@ -30,6 +31,14 @@ Metadata = Sequence[tuple[str, str | bytes]]
 # Headers not passed on to runtimes: ours (replaced) and transport-level ones.
 _DROP = {"mm-model-id", "mm-vmodel-id", "mm-model-id-bin", "mm-vmodel-id-bin", "user-agent",
          "content-type", "te", "grpc-accept-encoding", "grpc-encoding", "grpc-timeout", "accept-encoding"}
+
+
+def split_key_from(metadata: Metadata) -> str | None:
+    """The caller's ``mm-split-key``: requests with the same key reach the same split target."""
+    for k, v in metadata:
+        if k == SPLIT_KEY_HEADER and v:
+            return v if isinstance(v, str) else v.decode(errors="replace")
+    return None
 
 
 def model_name_from(metadata: Metadata, body: bytes | None) -> tuple[str, str]:
@@ -73,19 +82,19 @@ class Forwarder:
     def resolve(self, metadata: Metadata, body: bytes | None) -> str:
         return self._resolve(metadata, body)[0]
 
-    def _resolve(self, metadata: Metadata, body: bytes | None) -> tuple[str, str]:
-        """(concrete model id, the id the body names)."""
+    def _resolve(self, metadata: Metadata, body: bytes | None, count: bool = False) -> tuple[str, str]:
+        """(concrete model id, the id the body names); ``count``: the request's own routing decision."""
         name, source = model_name_from(metadata, body)
         if source == "model":
             model_id = self._table.resolve(name, vmodel_first=False)
         elif source == "vmodel":
-            model_id = self._table.resolve_vmodel(name)
+            model_id = self._table.resolve_vmodel(name, split_key_from(metadata), count)
         else:
-            return self._table.resolve(name, vmodel_first=True), name
+            return self._table.resolve(name, vmodel_first=True, split_key=split_key_from(metadata), count=count), name
         return model_id, read_field1(body) if body is not None else ""
 
     async def forward(self, method: str, body: bytes, metadata: Metadata, timeout_s: float) -> bytes:
-        model_id, body_name = self._resolve(metadata, body)
+        model_id, body_name = self._resolve(metadata, body, count=True)
         if body_name != model_id:
             # The body names a vmodel (or another id than the header): inject the
             # concrete id, as ModelMesh does for runtimes declaring idInjectionPath [1].

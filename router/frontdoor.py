@@ -16,9 +16,11 @@ from tritonclient.grpc import service_pb2 as v2
 
 from mesh.errors import InvalidArgument, MeshError
 from mesh.grpc_errors import translate_errors
+from mesh.streams import error_response, failure_message, ok_response, serve_stream
 from router.forward import Forwarder
 from router.metrics import RouterMetrics
 from router.table import RoutingTable
+from router.wire import read_string_field
 
 SERVICE = "inference.GRPCInferenceService"
 VERSION = "0.1.0"
@@ -83,6 +85,44 @@ class FrontDoor:
         return await self._fwd.forward(
             f"/{SERVICE}/ModelMetadata", request, context.invocation_metadata() or (), self._timeout(context))
 
+    async def model_stream_infer(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
+        """KServe V2 ModelStreamInfer: every request is forwarded as a ModelInfer of its
+        own (routing, load on a miss, retries), answers in per-model order; a failed
+        request answers with ``error_message`` and the stream goes on."""
+        metadata = context.invocation_metadata() or ()
+        m = self._metrics
+
+        def key_of(raw: bytes) -> str:
+            try:
+                return self._fwd.resolve(metadata, raw)
+            except MeshError:
+                return ""
+
+        async def forward(raw: bytes) -> bytes:
+            return await self._fwd.forward(f"/{SERVICE}/ModelInfer", raw, metadata, self._timeout(context))
+
+        async def handle(raw: bytes) -> bytes:
+            try:
+                if m is None:
+                    return ok_response(await forward(raw))
+                with m.track("ModelStreamInfer", lambda: key_of(raw)):
+                    return ok_response(await forward(raw))
+            except Exception as e:  # noqa: BLE001 - every failure is this request's answer; the stream goes on
+                try:
+                    rid, name = read_string_field(raw, 3), read_string_field(raw, 1)
+                except MeshError:
+                    rid, name = "", ""
+                return error_response(failure_message(e), rid, name)
+
+        if m is None:
+            await serve_stream(requests, context.write, key_of, handle)
+            return
+        m.streams_open.inc()
+        try:
+            await serve_stream(requests, context.write, key_of, handle, on_in_flight=m.stream_requests_in_flight.inc)
+        finally:
+            m.streams_open.dec()
+
     @translate_errors
     async def model_ready(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         _parse(v2.ModelReadyRequest, request)
@@ -116,4 +156,6 @@ class FrontDoor:
             "ServerLive": unary(self.server_live),
             "ServerReady": unary(self.server_ready),
             "ServerMetadata": unary(self.server_metadata),
+            # Raw bytes both ways, as for the unary calls.
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
         })

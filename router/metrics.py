@@ -60,6 +60,9 @@ class RouterMetrics(MetricsBase):
                              ["outcome"], registry=r)
         self.retries = Counter("meshserve_request_retries",
                                "Inference attempts retried on another copy, by reason.", ["reason"], registry=r)
+        # Labelled by vmodel and target: only vmodels with a traffic split, a handful per mesh.
+        self.split_requests = Counter("meshserve_split_requests", "Requests a traffic split sent to each target.",
+                                      ["vmodel", "model"], registry=r)
         self.registered = Gauge("meshserve_registered_models", "Models in the registry (mirror).", registry=r)
         self.loaded_copies = Gauge("meshserve_loaded_copies", "LOADED copies across the mesh (mirror).", registry=r)
         self.instances = Gauge("meshserve_instances", "Runtime instances registered (mirror).", registry=r)

@@ -33,6 +33,7 @@ from router.policy import RouterPolicy, tuned
 from router.runtimes import RuntimeClients
 from router.scaler import Scaler
 from router.settings import RouterSettings
+from router.splits import SplitChooser
 from router.table import RoutingTable
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ class RouterServer:
         self.keys = KeySchema(settings.mesh)
         self.registry = Registry(self.store, self.keys)
         self.mirror = RegistryMirror(self.store, self.keys)
-        self.table = RoutingTable(self.mirror, self.clock)
+        self.table = RoutingTable(self.mirror, self.clock, splits=SplitChooser(settings.split_seed))
+        self.table.on_split = lambda vmodel_id, model_id: self.metrics.split_requests.labels(vmodel_id, model_id).inc()
         self.runtimes = RuntimeClients(settings.max_message_bytes)
         self.resources = ResourceIndex(self.mirror)
         # InferenceService models go only where an applied ServingRuntime (or none) lets them.
@@ -69,7 +71,7 @@ class RouterServer:
         self.kserve = KServeService(self.registry, self.table, self.management, self.loader, self.resources,
                                     self.clock, self._public_urls)
         self.admin = Admin(self.registry, self.table, self.clock, self.management.status, self.policy.live,
-                           self.kserve)
+                           vmodels=self.management.vmodels, kserve=self.kserve)
         self.frontdoor = FrontDoor(self.forwarder, self.table, settings.default_timeout_s, self.metrics)
         self.scaler = Scaler(settings, self.table, self.loader, self.forwarder, self.management,
                              self.runtimes, self.clock)

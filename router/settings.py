@@ -35,6 +35,9 @@ class RouterSettings(CommonSettings):
     #: Per-model metric labels (``meshserve_model_requests_total{model,code}``,
     #: ``meshserve_model_copies{model}``); off: thousands of models, thousands of series.
     metrics_per_model: bool = False
+    #: Seed of the per-request draw of traffic-split targets (unset: random). Callers
+    #: sending ``mm-split-key`` get a draw fixed by that key instead.
+    split_seed: int | None = None
     #: URLs an InferenceService's status shows clients (``status.url``,
     #: ``components.predictor.grpcUrl`` / ``restUrl``); "" = ``grpc://<listen>`` and,
     #: while REST is off, no REST URL. Set them to the address behind a load balancer.

@@ -57,4 +57,8 @@ def vmodel_status(table: RoutingTable, vmodel_id: str, now_ms: int, failure_ttl_
     )
     if v.error:
         out.targetModelStatus.errors.append(v.error)
+    live = v.pending_split or v.split
+    for model_id, weight in sorted(live.items()):
+        out.trafficSplit.add(modelId=model_id, weight=weight, live=not v.pending_split or model_id in v.split,
+                             modelStatus=model_status(table, model_id, now_ms, failure_ttl_s, max_failures))
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from mesh.clock import Clock
@@ -17,11 +18,16 @@ from mesh.errors import ModelNotFound
 from mesh.registry import records as rec
 from mesh.registry.keys import ParsedKey
 from mesh.registry.mirror import RegistryMirror
+from router.splits import SplitChooser
 
 
 class RoutingTable:
-    def __init__(self, mirror: RegistryMirror, clock: Clock, suspect_s: float = 5.0) -> None:
+    def __init__(self, mirror: RegistryMirror, clock: Clock, suspect_s: float = 5.0,
+                 splits: SplitChooser | None = None) -> None:
         self.mirror = mirror
+        self._splits = splits or SplitChooser()
+        #: Called with (vmodel id, model id) for each request a split routes (metrics).
+        self.on_split: Callable[[str, str], None] | None = None
         self._clock = clock
         self._suspect_s = suspect_s
         #: instance id, or (model id, instance id) -> monotonic time the suspicion ends.
@@ -56,13 +62,14 @@ class RoutingTable:
 
     # -- names ----------------------------------------------------------------
 
-    def resolve(self, name: str, *, vmodel_first: bool) -> str:
-        """Concrete model id for a request naming ``name``."""
+    def resolve(self, name: str, *, vmodel_first: bool, split_key: str | None = None, count: bool = False) -> str:
+        """Concrete model id for a request naming ``name`` (a split vmodel draws its target;
+        ``count``: this is the request's routing decision, report it to ``on_split``)."""
         m = self.mirror
         if vmodel_first:
             v = m.vmodels.get(name)
             if v is not None:
-                return v.active_model
+                return self._target(v, split_key, count)
             if name in m.models:
                 return name
             raise ModelNotFound(f"no model or vmodel named {name!r} is registered")
@@ -70,11 +77,19 @@ class RoutingTable:
             return name
         raise ModelNotFound(f"model {name!r} is not registered")
 
-    def resolve_vmodel(self, name: str) -> str:
+    def resolve_vmodel(self, name: str, split_key: str | None = None, count: bool = False) -> str:
         v = self.mirror.vmodels.get(name)
         if v is None:
             raise ModelNotFound(f"vmodel {name!r} is not defined")
-        return v.active_model
+        return self._target(v, split_key, count)
+
+    def _target(self, v: rec.VModelRecord, split_key: str | None, count: bool) -> str:
+        if not v.split:
+            return v.active_model
+        model_id = self._splits.pick(v.vmodel_id, v.split, split_key)
+        if count and self.on_split is not None:
+            self.on_split(v.vmodel_id, model_id)
+        return model_id
 
     # -- suspicion: a runtime that failed a call, a copy that vanished -------
 
@@ -140,5 +155,5 @@ class RoutingTable:
     def vmodels_referring_to(self, model_id: str) -> list[str]:
         return sorted(
             v.vmodel_id for v in self.mirror.vmodels.values()
-            if model_id in (v.active_model, v.target_model)
+            if model_id in (v.active_model, v.target_model) or model_id in v.split or model_id in v.pending_split
         )

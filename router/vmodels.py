@@ -8,8 +8,10 @@ router restarting resumes transitions it finds in the registry.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -22,6 +24,7 @@ from mesh.registry.ids import validate_id
 from mesh.registry.registry import Registry
 from mesh.tasks import TaskSet
 from router.loader import Loader
+from router.splits import validate_split
 from router.settings import RouterSettings
 from router.table import RoutingTable
 
@@ -80,11 +83,14 @@ class VModels:
             if req.expectedTargetModelId and req.expectedTargetModelId != cur.target_model:
                 raise FailedPrecondition(
                     f"vmodel {vid!r} targets {cur.target_model!r}, not the expected {req.expectedTargetModelId!r}")
+            # A plain setVModel ends any traffic split: one target again.
             if target == cur.active_model or req.force:
                 return dataclasses.replace(cur, active_model=target, target_model=target, status="DEFINED",
-                                           auto_delete_target=req.autoDeleteTargetModel, updated_ms=now, error="")
+                                           auto_delete_target=req.autoDeleteTargetModel, updated_ms=now, error="",
+                                           split={}, pending_split={})
             return dataclasses.replace(cur, target_model=target, status="TRANSITIONING",
-                                       auto_delete_target=req.autoDeleteTargetModel, updated_ms=now, error="")
+                                       auto_delete_target=req.autoDeleteTargetModel, updated_ms=now, error="",
+                                       split={}, pending_split={})
 
         before = self._table.mirror.vmodels.get(vid)
         v = await self._registry.update_vmodel(vid, apply)
@@ -105,6 +111,34 @@ class VModels:
                 self._m.load_in_background(target)
         return self._status(vid)
 
+    async def set_split(self, vid: str, targets: dict[str, int], owner: str, sync: bool) -> mm.VModelStatusInfo:
+        """Routes ``vid`` to ``targets`` by weight once every target with weight > 0 is
+        loaded (TRANSITIONING until then; the current routing stays meanwhile)."""
+        vid = validate_id(vid, what="vmodel id")
+        targets = validate_split({validate_id(m, what="split target"): w for m, w in targets.items()})
+        missing = sorted(m for m in targets if m not in self._table.mirror.models)
+        if missing:
+            raise ModelNotFound(f"split targets {', '.join(map(repr, missing))} are not registered: register them first")
+        heaviest = max(sorted(targets), key=lambda m: targets[m])
+        now = self._clock.now_ms()
+
+        def apply(cur: rec.VModelRecord | None) -> rec.VModelRecord:
+            if cur is None:  # a new vmodel: nothing to keep serving meanwhile, so it starts on the heaviest
+                return rec.VModelRecord(vid, heaviest, heaviest, owner, "TRANSITIONING", False, now,
+                                        pending_split=targets)
+            if cur.owner and owner != cur.owner:
+                raise FailedPrecondition(f"vmodel {vid!r} is owned by {cur.owner!r}, not {owner!r}")
+            return dataclasses.replace(cur, target_model=heaviest, status="TRANSITIONING", pending_split=targets,
+                                       updated_ms=now, error="")
+
+        v = await self._registry.update_vmodel(vid, apply)
+        assert v is not None
+        await self._table.mirror.wait_for(v.mod_revision)
+        task = self._start_transition(vid)
+        if sync and task is not None:
+            await task
+        return self._status(vid)
+
     async def delete(self, req: mm.DeleteVModelRequest) -> None:
         vid = validate_id(req.vModelId, what="vmodel id")
         cur = self._table.mirror.vmodels.get(vid)
@@ -114,7 +148,7 @@ class VModels:
             raise FailedPrecondition(f"vmodel {vid!r} is owned by {cur.owner!r}, not {req.owner!r}")
         await self._registry.delete_vmodel(vid)
         await self._table.mirror.wait_for(await self._registry.store.revision())
-        for model_id in {cur.active_model, cur.target_model}:
+        for model_id in {cur.active_model, cur.target_model, *cur.split, *cur.pending_split}:
             await self._maybe_auto_delete(model_id)
 
     async def _maybe_auto_delete(self, model_id: str) -> None:
@@ -140,28 +174,63 @@ class VModels:
             v = self._table.mirror.vmodels.get(vid)
             if v is None or v.status != "TRANSITIONING":
                 return
+            if v.pending_split:
+                await self._switch_split(v)
+                return
             target = v.target_model
-            error = ""
-            try:
-                await self._loader.ensure_loaded(target, self._clock.monotonic() + self._s.load_timeout_s)
-            except MeshError as e:
-                error = f"target model {target!r} failed to load: {e}"
+            error = await self._load(target)
             now = self._clock.now_ms()
 
             def switch(cur: rec.VModelRecord | None) -> rec.VModelRecord | None:
-                if cur is None or cur.target_model != target or cur.status != "TRANSITIONING":
+                if cur is None or cur.target_model != target or cur.status != "TRANSITIONING" or cur.pending_split:
                     return cur  # moved on meanwhile; leave it
                 if error:
                     return dataclasses.replace(cur, status="TRANSITION_FAILED", error=error, updated_ms=now)
                 return dataclasses.replace(cur, active_model=target, status="DEFINED", error="", updated_ms=now)
 
-            old_active = v.active_model
-            result = await self._registry.update_vmodel(vid, switch)
-            if result is not None:
-                await self._table.mirror.wait_for(result.mod_revision)
-                if result.record.active_model == target and old_active != target:
-                    await self._maybe_auto_delete(old_active)
+            await self._commit(vid, switch, {v.active_model} - {target})
         except MeshError as e:
             log.warning("transition of vmodel %s failed: %s", vid, e)
         finally:
             self._transitions.discard(vid)
+
+    async def _load(self, model_id: str) -> str:
+        """'' once ``model_id`` is loaded, else why not."""
+        try:
+            await self._loader.ensure_loaded(model_id, self._clock.monotonic() + self._s.load_timeout_s)
+        except MeshError as e:
+            return f"target model {model_id!r} failed to load: {e}"
+        return ""
+
+    async def _switch_split(self, v: rec.VModelRecord) -> None:
+        pending = dict(v.pending_split)
+        errors = [e for e in await asyncio.gather(*(self._load(m) for m, w in sorted(pending.items()) if w > 0)) if e]
+        error = "; ".join(errors)
+        now = self._clock.now_ms()
+        heaviest = max(sorted(pending), key=lambda m: pending[m])
+        single = [m for m, w in pending.items() if w > 0]
+
+        def switch(cur: rec.VModelRecord | None) -> rec.VModelRecord | None:
+            if cur is None or cur.pending_split != pending or cur.status != "TRANSITIONING":
+                return cur  # moved on meanwhile; leave it
+            if error:
+                return dataclasses.replace(cur, status="TRANSITION_FAILED", error=error, pending_split={},
+                                           target_model=cur.active_model, updated_ms=now)
+            # One target with weight left is a plain vmodel again.
+            split = {} if len(single) == 1 else pending
+            return dataclasses.replace(cur, active_model=heaviest, target_model=heaviest, split=split,
+                                       pending_split={}, status="DEFINED", error="", updated_ms=now)
+
+        before = {v.active_model, *v.split}
+        await self._commit(v.vmodel_id, switch, before - set(pending))
+
+    async def _commit(self, vid: str, fn: Callable[[rec.VModelRecord | None], rec.VModelRecord | None],
+                      released: Iterable[str]) -> None:
+        """Writes the switch, then auto-deletes the models the vmodel no longer routes to."""
+        result = await self._registry.update_vmodel(vid, fn)
+        if result is None:
+            return
+        await self._table.mirror.wait_for(result.mod_revision)
+        if result.record.status == "DEFINED":
+            for model_id in sorted(released):
+                await self._maybe_auto_delete(model_id)

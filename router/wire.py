@@ -10,6 +10,7 @@ only when asked.
 from __future__ import annotations
 
 from mesh.errors import InvalidArgument
+from mesh.protowire import encode_varint
 
 
 def _varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
@@ -43,38 +44,32 @@ def _skip(buf: bytes | memoryview, pos: int, wire_type: int) -> int:
 
 def read_field1(data: bytes) -> str:
     """The string in field 1 ('' if absent). Scans only as far as field 1."""
+    return read_string_field(data, 1)
+
+
+def read_string_field(data: bytes, number: int) -> str:
+    """The first string in field ``number`` ('' if absent); e.g. 3 is a ModelInferRequest's ``id``."""
     buf = memoryview(data)
     pos = 0
     n = len(buf)
     while pos < n:
         tag, pos = _varint(buf, pos)
         field, wire_type = tag >> 3, tag & 7
-        if field == 1 and wire_type == 2:
+        if field == number and wire_type == 2:
             length, pos = _varint(buf, pos)
             if pos + length > n:
-                raise InvalidArgument("request is not a valid protobuf message (truncated model_name)")
+                raise InvalidArgument(f"request is not a valid protobuf message (truncated field {number})")
             try:
                 return bytes(buf[pos : pos + length]).decode()
             except UnicodeDecodeError:
-                raise InvalidArgument("model_name is not valid UTF-8") from None
+                what = "model_name" if number == 1 else f"field {number}"
+                raise InvalidArgument(f"{what} is not valid UTF-8") from None
         if field == 0:
             raise InvalidArgument("request is not a valid protobuf message (field number 0)")
         pos = _skip(buf, pos, wire_type)
         if pos > n:
             raise InvalidArgument("request is not a valid protobuf message (truncated field)")
     return ""
-
-
-def _encode_varint(v: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = v & 0x7F
-        v >>= 7
-        if v:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 def replace_field1(data: bytes, value: str) -> bytes:
@@ -98,4 +93,4 @@ def replace_field1(data: bytes, value: str) -> bytes:
             start = pos
     parts.append(buf[start:n])
     encoded = value.encode()
-    return b"".join([b"\x0a", _encode_varint(len(encoded)), encoded, *parts])
+    return b"".join([b"\x0a", encode_varint(len(encoded)), encoded, *parts])

@@ -83,6 +83,14 @@ def test_churn_smoke(tmp_path: Path) -> None:
     assert set(s["churn_ops"]["after_unregister"]["codes"]) == {"NOT_FOUND"}
 
 
+@pytest.mark.timeout(240)
+def test_stream_smoke(tmp_path: Path) -> None:
+    s = run_scenario(tmp_path, "stream", "--seconds", "1", "--rounds", "1", "--warmup", "10", "--callers", "2",
+                     "--window", "8")
+    for path in ("unary", "stream window 2", "stream window 8"):
+        assert s[path]["ok_per_s"] > 0 and s[path]["errors"] == 0, s[path]
+
+
 def test_belady_bounds_lru_and_counts_first_references() -> None:
     trace = list("abcabdabcdeabcde")
     assert belady_misses(trace, 100) == len(set(trace))

@@ -53,7 +53,9 @@ def test_model_mesh_service_matches_modelmesh() -> None:
         "vModelId": 1, "targetModelId": 2, "updateOnly": 3, "modelInfo": 4, "autoDeleteTargetModel": 5,
         "loadNow": 6, "force": 7, "sync": 8, "expectedTargetModelId": 9, "owner": 10}
     assert fields(mm.VModelStatusInfo) == {
-        "status": 1, "activeModelId": 2, "targetModelId": 3, "activeModelStatus": 4, "targetModelStatus": 5, "owner": 6}
+        "status": 1, "activeModelId": 2, "targetModelId": 3, "activeModelStatus": 4, "targetModelStatus": 5, "owner": 6,
+        # meshserve's extension, far from ModelMesh's numbers: its clients skip it.
+        "trafficSplit": 100}
     assert dict(mm.VModelStatusInfo.VModelStatus.items()) == {
         "NOT_FOUND": 0, "DEFINED": 1, "TRANSITIONING": 2, "TRANSITION_FAILED": 3, "UNKNOWN": 5}
     assert fields(mm.DeleteVModelRequest) == {"vModelId": 1, "owner": 2}
@@ -82,7 +84,7 @@ def test_admin_service_methods() -> None:
     svc = admin_pb2.DESCRIPTOR.services_by_name["MeshAdmin"]
     assert svc.full_name == "meshserve.v1.MeshAdmin"
     assert [m.name for m in svc.methods] == [
-        "ListModels", "GetClusterStatus", "GetPolicy", "SetPolicy", "DrainInstance", "SetModelConfig",
+        "ListModels", "GetClusterStatus", "GetPolicy", "SetPolicy", "DrainInstance", "SetModelConfig", "SetTrafficSplit",
         "ApplyResources", "GetResources", "DeleteResources"]
 
 

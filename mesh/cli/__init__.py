@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "models": "mesh.cli.client_cmds",
     "infer": "mesh.cli.client_cmds",
     "cluster": "mesh.cli.client_cmds",
+    "vmodel": "mesh.cli.client_cmds",
     "policy": "mesh.cli.policy_cmd",
     "apply": "mesh.cli.kserve_cmds",
     "get": "mesh.cli.kserve_cmds",

@@ -25,6 +25,7 @@ HELPS = {
     "models": "list registered models with their status",
     "infer": "send one inference request through the router and print the outputs",
     "cluster": "show runtime instances, capacity and loaded copies",
+    "vmodel": "weighted traffic splits of a vmodel: vmodel split NAME MODEL=WEIGHT... (canary, blue-green)",
 }
 
 
@@ -57,6 +58,13 @@ def add_arguments_for(name: str, p: argparse.ArgumentParser) -> None:
                        help="model label (repeatable); require.K=V places it only on runtimes labelled K=V")
     if name in ("status", "infer"):
         p.add_argument("--vmodel", action="store_true", help="the id names a vmodel")
+    if name == "vmodel":
+        p.add_argument("action", choices=["split"], help="split: route the vmodel to these models by weight")
+        p.add_argument("id", help="vmodel id (created if it does not exist)")
+        p.add_argument("targets", nargs="+", metavar="MODEL=WEIGHT",
+                       help="registered models and their relative weights, e.g. churn-v1=90 churn-v2=10")
+        p.add_argument("--owner", default="", help="the vmodel's owner, as in setVModel")
+        p.add_argument("--no-wait", action="store_true", help="return at once instead of when the split is live")
     if name == "models":
         p.add_argument("--prefix", default="", help="only ids starting with this")
         p.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
@@ -167,8 +175,11 @@ def _status(args: argparse.Namespace, channel: grpc.Channel, timeout: float) -> 
         active, arows = _status_rows(v.activeModelStatus)
         data = {"vmodel_id": args.id, "status": mm.VModelStatusInfo.VModelStatus.Name(v.status),
                 "active_model": v.activeModelId, "target_model": v.targetModelId, "active": active}
+        split, srows = _split_rows(v)
+        if split:
+            data["split"] = split
         _emit(args, data, [f"vmodel {args.id}: {data['status']}", f"  active {v.activeModelId}, target {v.targetModelId}",
-                           *("  " + r for r in arows)])
+                           *("  " + r for r in arows), *srows])
         return 0 if v.status != mm.VModelStatusInfo.NOT_FOUND else 1
     info = stub.getModelStatus(mm.GetStatusRequest(modelId=args.id), timeout=timeout)
     data, rows = _status_rows(info)
@@ -261,5 +272,36 @@ def _infer(args: argparse.Namespace, channel: grpc.Channel, timeout: float) -> i
     return 0
 
 
+def _split_rows(v: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    from mesh.proto.mmesh import model_mesh_pb2 as mm
+
+    total = sum(t.weight for t in v.trafficSplit) or 1
+    split = [{"model_id": t.modelId, "weight": t.weight, "live": t.live,
+              "status": mm.ModelStatusInfo.ModelStatus.Name(t.modelStatus.status)} for t in v.trafficSplit]
+    rows = [f"  split {t['model_id']}: weight {t['weight']} ({100 * t['weight'] / total:.1f} %), "
+            f"{t['status']}{'' if t['live'] else ', waiting to load'}" for t in split]
+    return split, rows
+
+
+def _vmodel(args: argparse.Namespace, channel: grpc.Channel, timeout: float) -> int:
+    from mesh.proto.meshserve.v1 import admin_pb2 as adm
+    from mesh.proto.meshserve.v1 import admin_pb2_grpc as adm_grpc
+    from mesh.proto.mmesh import model_mesh_pb2 as mm
+
+    req = adm.SetTrafficSplitRequest(vmodel_id=args.id, owner=args.owner, sync=not args.no_wait)
+    for item in args.targets:
+        model_id, sep, weight = item.rpartition("=")
+        if not sep or not model_id or not weight.isdigit():
+            raise InvalidArgument(f"split target {item!r} is not MODEL=WEIGHT (WEIGHT a whole number >= 0)")
+        req.targets.add(model_id=model_id, weight=int(weight))
+    v = adm_grpc.MeshAdminStub(channel).SetTrafficSplit(req, timeout=timeout)
+    status = mm.VModelStatusInfo.VModelStatus.Name(v.status)
+    split, rows = _split_rows(v)
+    errors = list(v.targetModelStatus.errors)
+    _emit(args, {"vmodel_id": args.id, "status": status, "split": split, "errors": errors},
+          [f"vmodel {args.id}: {status}", *rows, *(f"  error: {e}" for e in errors)])
+    return 1 if v.status == mm.VModelStatusInfo.TRANSITION_FAILED else 0
+
+
 _COMMANDS = {"register": _register, "unregister": _unregister, "status": _status, "models": _models,
-             "infer": _infer, "cluster": _cluster}
+             "infer": _infer, "cluster": _cluster, "vmodel": _vmodel}

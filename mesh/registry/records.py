@@ -64,6 +64,10 @@ class VModelRecord:
     auto_delete_target: bool = False
     updated_ms: int = 0
     error: str = ""
+    #: Weighted targets (model id -> weight) when the vmodel splits traffic; empty: all to active_model.
+    split: dict[str, int] = field(default_factory=dict)
+    #: A split waiting for its targets to load (status TRANSITIONING); then it becomes ``split``.
+    pending_split: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,10 +31,18 @@ def _decoding(fn: Handler, request_cls: Any) -> Callable[[bytes, grpc.aio.Servic
     return handler
 
 
-def protobuf_service(service: ServiceDescriptor, impls: dict[str, Handler]) -> grpc.GenericRpcHandler:
+StreamHandler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]]
+
+
+def protobuf_service(service: ServiceDescriptor, impls: dict[str, Handler],
+                     streams: dict[str, StreamHandler] | None = None) -> grpc.GenericRpcHandler:
     """A handler for the unary methods of ``service`` that ``impls`` implements
-    (the others answer UNIMPLEMENTED, as grpc does for unknown methods)."""
+    (the others answer UNIMPLEMENTED, as grpc does for unknown methods). ``streams``
+    are bidirectional methods that read raw request bytes and write raw response
+    bytes themselves (they decode each message, so a bad one is theirs to answer)."""
     handlers = {}
+    for name, stream in (streams or {}).items():
+        handlers[name] = grpc.stream_stream_rpc_method_handler(stream)
     for method in service.methods:
         fn = impls.get(method.name)
         if fn is None:
@@ -45,7 +53,7 @@ def protobuf_service(service: ServiceDescriptor, impls: dict[str, Handler]) -> g
             request_deserializer=None,
             response_serializer=lambda m: m.SerializeToString(),
         )
-    unknown = set(impls) - {m.name for m in service.methods}
+    unknown = (set(impls) | set(streams or {})) - {m.name for m in service.methods}
     if unknown:
         raise ValueError(f"{service.full_name} has no methods {sorted(unknown)}")
     return grpc.method_handlers_generic_handler(service.full_name, handlers)

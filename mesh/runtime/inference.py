@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as pb
 
 from mesh import errors
@@ -23,6 +24,7 @@ from mesh.runtime.backends import LoadedModel
 from mesh.runtime.loader import ModelManager
 from mesh.runtime.metrics import RuntimeMetrics
 from mesh.runtime.tensors import decode_inputs, encode_outputs, requested_outputs
+from mesh.streams import error_response, failure_message, ok_response, serve_stream
 
 MODEL_ID_HEADER = "mm-model-id"
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
@@ -72,7 +74,7 @@ class InferenceServicer:
         return protobuf_service(SERVICE, {
             "ServerLive": self.ServerLive, "ServerReady": self.ServerReady, "ServerMetadata": self.ServerMetadata,
             "ModelReady": self.ModelReady, "ModelMetadata": self.ModelMetadata, "ModelInfer": self.ModelInfer,
-        })
+        }, streams={"ModelStreamInfer": self.ModelStreamInfer})
 
     @translate_errors
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
@@ -101,6 +103,43 @@ class InferenceServicer:
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         with self._metrics.track("ModelInfer", lambda: _model_label(context, request.model_name)):
             return await self._infer(request, context)
+
+    async def ModelStreamInfer(self, requests: Any, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+        """Each request answered on its own (see mesh/streams.py); errors as ``error_message``."""
+        m = self._metrics
+
+        async def parsed() -> Any:
+            async for raw in requests:
+                try:
+                    yield pb.ModelInferRequest.FromString(raw)
+                except DecodeError as e:
+                    yield e
+
+        def key_of(request: Any) -> str:
+            if isinstance(request, DecodeError):
+                return ""
+            try:
+                return model_id_from(context, request.model_name)
+            except errors.MeshError:
+                return ""
+
+        async def handle(request: Any) -> bytes:
+            if isinstance(request, DecodeError):
+                return error_response(
+                    f"INVALID_ARGUMENT: request is not a valid inference.ModelInferRequest message: {request}", "", "")
+            try:
+                with m.track("ModelStreamInfer", lambda: _model_label(context, request.model_name)):
+                    response = await self._infer(request, context)
+            except Exception as e:  # noqa: BLE001 - every failure is this request's answer; the stream goes on
+                return error_response(failure_message(e), request.id, request.model_name)
+            return ok_response(response.SerializeToString())
+
+        m.streams_open.inc()
+        try:
+            await serve_stream(parsed(), context.write, key_of, handle,
+                               on_in_flight=m.stream_requests_in_flight.inc)
+        finally:
+            m.streams_open.dec()
 
     async def _infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         model_id = model_id_from(context, request.model_name)

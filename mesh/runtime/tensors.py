@@ -5,13 +5,19 @@ input order, little-endian, as tritonclient sends them) or typed (``contents``).
 FP16 and BF16 have no typed field in V2, so they must be raw (as in Triton).
 Responses are always raw (``raw_output_contents``), whatever the request used:
 that is what Triton does and what tritonclient's ``as_numpy`` reads first; the
-datatype and shape travel in each output's metadata. BYTES (strings) is not
-supported yet: a model with a BYTES tensor fails to load with a clear message.
+datatype and shape travel in each output's metadata.
+
+BYTES tensors (strings) are numpy object arrays of ``bytes``. Raw, each element
+is a 4-byte little-endian length followed by its bytes, elements in row-major
+order (Triton's layout); typed, they travel in ``contents.bytes_contents``.
+Outputs given as ``str`` are sent as UTF-8.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import struct
 
 import ml_dtypes
 import numpy as np
@@ -29,17 +35,57 @@ DATATYPES: dict[str, np.dtype[Any]] = {
 }
 _BY_DTYPE = {dt: name for name, dt in DATATYPES.items()}
 
+#: Strings: not a fixed-size numpy dtype, so kept apart from DATATYPES.
+BYTES = "BYTES"
+#: Every V2 datatype the runtime serves.
+V2_DATATYPES = frozenset(DATATYPES) | {BYTES}
+_OBJECT = np.dtype(object)
+
 #: Which ``InferTensorContents`` field carries each datatype when typed.
 _CONTENTS_FIELD = {
     "BOOL": "bool_contents",
     "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
     "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
     "FP32": "fp32_contents", "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
 }
+_LEN = struct.Struct("<I")
+
+
+def pack_bytes(arr: np.ndarray) -> bytes:
+    """Raw BYTES contents: each element length-prefixed (4 bytes, little-endian)."""
+    parts: list[bytes] = []
+    for item in np.asarray(arr, dtype=object).reshape(-1):
+        b = item if isinstance(item, bytes) else str(item).encode()
+        parts += (_LEN.pack(len(b)), b)
+    return b"".join(parts)
+
+
+def unpack_bytes(data: bytes, count: int, where: str) -> np.ndarray:
+    """``count`` length-prefixed elements from raw BYTES contents (an object array of bytes)."""
+    out = np.empty(count, dtype=object)
+    view = memoryview(data)
+    pos, n = 0, len(view)
+    for i in range(count):
+        if pos + 4 > n:
+            raise InvalidArgument(f"{where}: raw BYTES contents hold {i} elements, the shape needs {count}")
+        (length,) = _LEN.unpack_from(view, pos)
+        pos += 4
+        if pos + length > n:
+            raise InvalidArgument(
+                f"{where}: BYTES element {i} claims {length} bytes but only {n - pos} remain; each element is a "
+                "4-byte little-endian length followed by that many bytes")
+        out[i] = bytes(view[pos:pos + length])
+        pos += length
+    if pos != n:
+        raise InvalidArgument(f"{where}: {n - pos} bytes left over after the {count} BYTES elements the shape needs")
+    return out
 
 
 def datatype_of(dtype: np.dtype[Any]) -> str:
-    """V2 datatype of a numpy dtype (byte order ignored)."""
+    """V2 datatype of a numpy dtype (byte order ignored; object and string dtypes are BYTES)."""
+    if np.dtype(dtype).kind in "OSU":
+        return BYTES
     name = _BY_DTYPE.get(np.dtype(dtype).newbyteorder("<")) or _BY_DTYPE.get(np.dtype(dtype))
     if name is None:
         raise InvalidArgument(f"numpy dtype {dtype} has no KServe V2 datatype")
@@ -90,7 +136,7 @@ def decode_inputs(request: Any, signature: Signature, model: str) -> dict[str, n
             raise InvalidArgument(f"model {model!r}: input {tensor.name!r} is given twice")
         shape = tuple(int(d) for d in tensor.shape)
         _check_header(model, spec, tensor.datatype, shape)
-        dtype = DATATYPES[spec.datatype]
+        dtype = DATATYPES.get(spec.datatype, _OBJECT)
         count = int(np.prod(shape, dtype=np.int64)) if shape else 1
         if raw:
             if tensor.HasField("contents"):
@@ -99,6 +145,9 @@ def decode_inputs(request: Any, signature: Signature, model: str) -> dict[str, n
                     "raw_input_contents; send every input one way"
                 )
             data = raw[i]
+            if spec.datatype == BYTES:
+                out[tensor.name] = unpack_bytes(data, count, f"model {model!r} input {tensor.name!r}").reshape(shape)
+                continue
             if len(data) != count * dtype.itemsize:
                 raise InvalidArgument(
                     f"model {model!r} input {tensor.name!r}: shape {_fmt_shape(shape)} of {spec.datatype} needs "
@@ -133,6 +182,10 @@ def _typed(model: str, tensor: Any, spec: TensorSpec, dtype: np.dtype[Any], shap
             f"model {model!r} input {tensor.name!r}: shape {_fmt_shape(shape)} needs {count} values in "
             f"contents.{field}, got {len(values)}"
         )
+    if spec.datatype == BYTES:
+        arr = np.empty(count, dtype=object)
+        arr[:] = list(values)
+        return arr.reshape(shape)
     arr = np.asarray(values)
     if arr.size and np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
@@ -150,14 +203,20 @@ def encode_outputs(response: Any, outputs: dict[str, np.ndarray], signature: Sig
         arr = np.asarray(outputs[name])
         spec = signature.output(name)
         datatype = datatype_of(arr.dtype)
-        if spec is not None and spec.datatype != datatype:
+        if spec is not None and spec.datatype != datatype and BYTES not in (datatype, spec.datatype):
             arr = arr.astype(DATATYPES[spec.datatype])  # a backend returning wider types
             datatype = spec.datatype
         t = response.outputs.add()
         t.name = name
         t.datatype = datatype
         t.shape.extend(arr.shape)
-        response.raw_output_contents.append(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
+        response.raw_output_contents.append(_raw(arr, datatype))
+
+
+def _raw(arr: np.ndarray, datatype: str) -> bytes:
+    if datatype == BYTES:
+        return pack_bytes(arr)
+    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
 
 
 def requested_outputs(request: Any, signature: Signature, model: str) -> tuple[str, ...]:
@@ -180,7 +239,10 @@ def encode_inputs_typed(request: Any, inputs: dict[str, np.ndarray]) -> None:
         t = request.inputs.add()
         t.name, t.datatype = name, datatype
         t.shape.extend(arr.shape)
-        getattr(t.contents, field).extend(arr.reshape(-1).tolist())
+        values = arr.reshape(-1).tolist()
+        if datatype == BYTES:
+            values = [v if isinstance(v, bytes) else str(v).encode() for v in values]
+        getattr(t.contents, field).extend(values)
 
 
 def encode_inputs_raw(request: Any, inputs: dict[str, np.ndarray]) -> None:
@@ -189,15 +251,24 @@ def encode_inputs_raw(request: Any, inputs: dict[str, np.ndarray]) -> None:
         t = request.inputs.add()
         t.name, t.datatype = name, datatype_of(arr.dtype)
         t.shape.extend(arr.shape)
-        request.raw_input_contents.append(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
+        request.raw_input_contents.append(_raw(arr, t.datatype))
 
 
 def decode_outputs(response: Any) -> dict[str, np.ndarray]:
     """Test and client helper: a response's outputs as numpy (raw or typed)."""
     out: dict[str, np.ndarray] = {}
     for i, t in enumerate(response.outputs):
-        dtype = DATATYPES[t.datatype]
         shape = tuple(t.shape)
+        if t.datatype == BYTES:
+            count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            if i < len(response.raw_output_contents):
+                arr = unpack_bytes(response.raw_output_contents[i], count, f"output {t.name!r}")
+            else:
+                arr = np.empty(count, dtype=object)
+                arr[:] = list(t.contents.bytes_contents)
+            out[t.name] = arr.reshape(shape)
+            continue
+        dtype = DATATYPES[t.datatype]
         if i < len(response.raw_output_contents):
             out[t.name] = np.frombuffer(response.raw_output_contents[i], dtype=dtype).reshape(shape)
         else:

@@ -115,7 +115,7 @@ class SetVModelRequest(_message.Message):
     def __init__(self, vModelId: _Optional[str] = ..., targetModelId: _Optional[str] = ..., updateOnly: _Optional[bool] = ..., modelInfo: _Optional[_Union[ModelInfo, _Mapping]] = ..., autoDeleteTargetModel: _Optional[bool] = ..., loadNow: _Optional[bool] = ..., force: _Optional[bool] = ..., sync: _Optional[bool] = ..., expectedTargetModelId: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class VModelStatusInfo(_message.Message):
-    __slots__ = ("status", "activeModelId", "targetModelId", "activeModelStatus", "targetModelStatus", "owner")
+    __slots__ = ("status", "activeModelId", "targetModelId", "activeModelStatus", "targetModelStatus", "owner", "trafficSplit")
     class VModelStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         NOT_FOUND: _ClassVar[VModelStatusInfo.VModelStatus]
@@ -134,13 +134,27 @@ class VModelStatusInfo(_message.Message):
     ACTIVEMODELSTATUS_FIELD_NUMBER: _ClassVar[int]
     TARGETMODELSTATUS_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    TRAFFICSPLIT_FIELD_NUMBER: _ClassVar[int]
     status: VModelStatusInfo.VModelStatus
     activeModelId: str
     targetModelId: str
     activeModelStatus: ModelStatusInfo
     targetModelStatus: ModelStatusInfo
     owner: str
-    def __init__(self, status: _Optional[_Union[VModelStatusInfo.VModelStatus, str]] = ..., activeModelId: _Optional[str] = ..., targetModelId: _Optional[str] = ..., activeModelStatus: _Optional[_Union[ModelStatusInfo, _Mapping]] = ..., targetModelStatus: _Optional[_Union[ModelStatusInfo, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
+    trafficSplit: _containers.RepeatedCompositeFieldContainer[TrafficTarget]
+    def __init__(self, status: _Optional[_Union[VModelStatusInfo.VModelStatus, str]] = ..., activeModelId: _Optional[str] = ..., targetModelId: _Optional[str] = ..., activeModelStatus: _Optional[_Union[ModelStatusInfo, _Mapping]] = ..., targetModelStatus: _Optional[_Union[ModelStatusInfo, _Mapping]] = ..., owner: _Optional[str] = ..., trafficSplit: _Optional[_Iterable[_Union[TrafficTarget, _Mapping]]] = ...) -> None: ...
+
+class TrafficTarget(_message.Message):
+    __slots__ = ("modelId", "weight", "live", "modelStatus")
+    MODELID_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
+    MODELSTATUS_FIELD_NUMBER: _ClassVar[int]
+    modelId: str
+    weight: int
+    live: bool
+    modelStatus: ModelStatusInfo
+    def __init__(self, modelId: _Optional[str] = ..., weight: _Optional[int] = ..., live: _Optional[bool] = ..., modelStatus: _Optional[_Union[ModelStatusInfo, _Mapping]] = ...) -> None: ...
 
 class DeleteVModelRequest(_message.Message):
     __slots__ = ("vModelId", "owner")

@@ -90,7 +90,7 @@ def find_model_file(model_id: str, path: Path, suffixes: tuple[str, ...], prefer
 
 def signature_from_json(model_id: str, data: Any, where: str) -> Signature:
     """Parses ``{"inputs": [{"name", "datatype", "shape"}], "outputs": [...]}``."""
-    from mesh.runtime.tensors import DATATYPES
+    from mesh.runtime.tensors import V2_DATATYPES
 
     def specs(kind: str) -> tuple[TensorSpec, ...]:
         items = data.get(kind) if isinstance(data, dict) else None
@@ -104,7 +104,7 @@ def signature_from_json(model_id: str, data: Any, where: str) -> Signature:
                 raise ModelLoadFailed(
                     f"model {model_id!r}: {where} {kind}[{i}] needs name, datatype and shape (a list of ints, -1 dynamic)"
                 ) from None
-            if dt not in DATATYPES:
+            if dt not in V2_DATATYPES:
                 raise ModelLoadFailed(f"model {model_id!r}: {where} {kind}[{i}] has unsupported datatype {dt!r}")
             out.append(TensorSpec(name, dt, shape))
         return tuple(out)

@@ -15,14 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from mesh.errors import ModelLoadFailed
+from mesh.errors import InvalidArgument, ModelLoadFailed
 from mesh.runtime.backends.base import LoadedModel, Signature, TensorSpec
 
 _ORT_TYPES = {
     "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16", "tensor(uint32)": "UINT32",
     "tensor(uint64)": "UINT64", "tensor(int8)": "INT8", "tensor(int16)": "INT16", "tensor(int32)": "INT32",
     "tensor(int64)": "INT64", "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
-    "tensor(bfloat16)": "BF16",
+    "tensor(bfloat16)": "BF16", "tensor(string)": "BYTES",
 }
 
 
@@ -43,14 +43,27 @@ class OnnxModel:
     def __init__(self, session: Any, signature: Signature) -> None:
         self._session: Any = session
         self.signature = signature
+        self._text_inputs = tuple(t.name for t in signature.inputs if t.datatype == "BYTES")
 
     def infer(self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
         names = list(outputs) or [t.name for t in self.signature.outputs]
+        if self._text_inputs:
+            inputs = {**inputs, **{n: _as_text(n, inputs[n]) for n in self._text_inputs}}
         results = self._session.run(names, inputs)
         return dict(zip(names, results))
 
     def unload(self) -> None:
         self._session = None
+
+
+def _as_text(name: str, arr: np.ndarray) -> np.ndarray:
+    """ONNX string tensors hold text: BYTES elements must be UTF-8 (ORT would str() raw bytes)."""
+    out = np.empty(arr.shape, dtype=object)
+    try:
+        out.reshape(-1)[:] = [b.decode() if isinstance(b, bytes) else str(b) for b in arr.reshape(-1)]
+    except UnicodeDecodeError as e:
+        raise InvalidArgument(f"input {name!r}: a BYTES element is not UTF-8 text ({e}); ONNX strings are text") from None
+    return out
 
 
 #: A one-node Identity model (65 bytes) for ``warm_up``.

@@ -1,3 +1,4 @@
+from mesh.proto.mmesh import model_mesh_pb2 as _model_mesh_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -184,6 +185,26 @@ class SetModelConfigRequest(_message.Message):
     labels: _containers.ScalarMap[str, str]
     keep_labels: bool
     def __init__(self, model_id: _Optional[str] = ..., min_copies: _Optional[int] = ..., max_copies: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., keep_labels: _Optional[bool] = ...) -> None: ...
+
+class SplitTarget(_message.Message):
+    __slots__ = ("model_id", "weight")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    weight: int
+    def __init__(self, model_id: _Optional[str] = ..., weight: _Optional[int] = ...) -> None: ...
+
+class SetTrafficSplitRequest(_message.Message):
+    __slots__ = ("vmodel_id", "targets", "owner", "sync")
+    VMODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    SYNC_FIELD_NUMBER: _ClassVar[int]
+    vmodel_id: str
+    targets: _containers.RepeatedCompositeFieldContainer[SplitTarget]
+    owner: str
+    sync: bool
+    def __init__(self, vmodel_id: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[SplitTarget, _Mapping]]] = ..., owner: _Optional[str] = ..., sync: _Optional[bool] = ...) -> None: ...
 
 class ApplyResourcesRequest(_message.Message):
     __slots__ = ("manifests",)

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from mesh.proto.meshserve.v1 import admin_pb2 as mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2
+from mesh.proto.mmesh import model_mesh_pb2 as mesh_dot_proto_dot_mmesh_dot_model__mesh__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -63,6 +64,11 @@ class MeshAdminStub:
                 '/meshserve.v1.MeshAdmin/SetModelConfig',
                 request_serializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.SetModelConfigRequest.SerializeToString,
                 response_deserializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.ModelSummary.FromString,
+                _registered_method=True)
+        self.SetTrafficSplit = channel.unary_unary(
+                '/meshserve.v1.MeshAdmin/SetTrafficSplit',
+                request_serializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.SetTrafficSplitRequest.SerializeToString,
+                response_deserializer=mesh_dot_proto_dot_mmesh_dot_model__mesh__pb2.VModelStatusInfo.FromString,
                 _registered_method=True)
         self.ApplyResources = channel.unary_unary(
                 '/meshserve.v1.MeshAdmin/ApplyResources',
@@ -127,6 +133,15 @@ class MeshAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetTrafficSplit(self, request, context):
+        """Routes a vmodel to several models by weight (canary, blue-green), creating
+        the vmodel if needed. New targets are loaded before they get traffic; the
+        status shows the split (VModelStatusInfo.trafficSplit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ApplyResources(self, request, context):
         """KServe resources (InferenceService, ServingRuntime, ClusterServingRuntime):
         applied to the mesh, listed with their status, deleted. README "From KServe / ModelMesh".
@@ -179,6 +194,11 @@ def add_MeshAdminServicer_to_server(servicer, server):
                     servicer.SetModelConfig,
                     request_deserializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.SetModelConfigRequest.FromString,
                     response_serializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.ModelSummary.SerializeToString,
+            ),
+            'SetTrafficSplit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTrafficSplit,
+                    request_deserializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.SetTrafficSplitRequest.FromString,
+                    response_serializer=mesh_dot_proto_dot_mmesh_dot_model__mesh__pb2.VModelStatusInfo.SerializeToString,
             ),
             'ApplyResources': grpc.unary_unary_rpc_method_handler(
                     servicer.ApplyResources,
@@ -358,6 +378,33 @@ class MeshAdmin:
             '/meshserve.v1.MeshAdmin/SetModelConfig',
             mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.SetModelConfigRequest.SerializeToString,
             mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.ModelSummary.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTrafficSplit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshserve.v1.MeshAdmin/SetTrafficSplit',
+            mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.SetTrafficSplitRequest.SerializeToString,
+            mesh_dot_proto_dot_mmesh_dot_model__mesh__pb2.VModelStatusInfo.FromString,
             options,
             channel_credentials,
             insecure,
