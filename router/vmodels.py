@@ -98,8 +98,10 @@ class VModels:
         await self._table.mirror.wait_for(v.mod_revision)
         if before is not None and before.active_model != v.record.active_model:
             await self._maybe_auto_delete(before.active_model)
-        if before is not None and before.target_model not in (v.record.active_model, v.record.target_model):
-            await self._maybe_auto_delete(before.target_model)  # a transition abandoned for another target
+        if before is not None:  # a transition abandoned for another target, a split ended
+            for dropped in sorted({before.target_model, *before.split, *before.pending_split}
+                                  - {v.record.active_model, v.record.target_model}):
+                await self._maybe_auto_delete(dropped)
         if v.record.status == "TRANSITIONING":
             task = self._start_transition(vid)
             if req.sync and task is not None:

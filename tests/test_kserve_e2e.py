@@ -161,7 +161,7 @@ async def test_apply_infer_reapply_transition_under_traffic_delete(router: Route
     out = await cli(router, "apply", "-f", str(manifest))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "inferenceservice.serving.kserve.io/m1 created"
-    assert "spec.predictor.canaryTrafficPercent is ignored" in out.stderr  # a warning, not silence
+    assert "Warning" not in out.stderr  # a first canary has nothing to split with: all traffic to it
 
     assert await client.infer("m1") == "a"
     obj = await wait_for(router, "m1", lambda o: o["status"]["modelStatus"]["states"]["activeModelState"] == "Loaded",
@@ -231,6 +231,24 @@ async def test_apply_infer_reapply_transition_under_traffic_delete(router: Route
     obj = await get_isvc(router, "m1")
     assert obj["status"]["modelStatus"]["transitionStatus"] == "UpToDate" and "lastFailureInfo" not in obj["status"]["modelStatus"]
     assert router.mirror.vmodels["m1"].active_model == good and broken not in router.mirror.models
+
+    # A canary: 30 % to the new spec, the rolled-out model keeps the rest, until promoted.
+    manifest.write_text(isvc_yaml("m1", "c.onnx", extra="    canaryTrafficPercent: 30\n"))
+    assert (await cli(router, "apply", "-f", str(manifest))).returncode == 0
+    obj = await wait_for(router, "m1", lambda o: len(o["status"]["components"]["predictor"]["traffic"]) == 2,
+                         "canary split live")
+    shares = {t["percent"]: t["latestRevision"] for t in obj["status"]["components"]["predictor"]["traffic"]}
+    assert shares == {70: False, 30: True}
+    canaried = [await client.infer("m1", seed) for seed in range(60)]
+    assert {"b", "c"} == set(canaried), canaried  # both serve (30 % of 60: P(no "c") < 1e-9)
+    manifest.write_text(isvc_yaml("m1", "c.onnx"))  # promote
+    out = await cli(router, "apply", "-f", str(manifest))
+    assert out.returncode == 0 and out.stdout.strip().endswith("configured"), out
+    obj = await wait_for(router, "m1", lambda o: o["status"]["modelStatus"]["transitionStatus"] == "UpToDate"
+                         and len(o["status"]["components"]["predictor"]["traffic"]) == 1, "promoted")
+    assert obj["status"]["components"]["predictor"]["traffic"][0]["latestRevision"] is True
+    assert {await client.infer("m1", seed) for seed in range(10)} == {"c"}
+    assert good not in router.mirror.models  # the rolled-out model went with the promotion
 
     # Delete: the vmodel and its model are gone, and so is the resource.
     current = router.mirror.vmodels["m1"].active_model

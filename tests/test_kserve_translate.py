@@ -73,13 +73,44 @@ def test_fields_meshserve_ignores_are_warnings_and_do_not_move_the_model() -> No
     doc["spec"]["explainer"] = {"alibi": {}}
     r = parse_resource(doc)
     text = " | ".join(r.warnings)
-    for field in ("spec.transformer", "spec.explainer", "spec.predictor.canaryTrafficPercent",
+    for field in ("spec.transformer", "spec.explainer",
                   "spec.predictor.minReplicas", "spec.predictor.model.resources", "deploymentMode"):
         assert field in text, (field, text)
-    assert "traffic splits" in text
+    assert "canaryTrafficPercent" not in text  # implemented: a traffic split (below)
     plain = parse_resource(with_predictor({"model": {"modelFormat": {"name": "onnx"}, "storageUri": "s3://models/m1"}}))
     assert isinstance(r, InferenceService) and isinstance(plain, InferenceService)
     assert concrete_model_id(r) == concrete_model_id(plain)
+
+
+def canary(uri: str, percent: int | None) -> InferenceService:
+    predictor: dict = {"model": {"modelFormat": {"name": "onnx"}, "storageUri": uri}}
+    if percent is not None:
+        predictor["canaryTrafficPercent"] = percent
+    r = parse_resource(with_predictor(predictor))
+    assert isinstance(r, InferenceService)
+    return r
+
+
+def test_canary_percent_splits_between_the_rolled_out_and_the_new_model_until_promoted() -> None:
+    v1, v2 = canary("s3://m/v1", None), canary("s3://m/v2", 10)
+    first = translate(canary("s3://m/v1", 10), previous=None, now_ms=0)  # nothing rolled out yet: all to it
+    assert first.vmodel is not None and not first.vmodel.split
+    assert first.resource.rolled_out_model == concrete_model_id(v1)
+    canaried = translate(v2, previous=first.resource, now_ms=1)
+    w = canaried.vmodel
+    assert w is not None and w.split == {concrete_model_id(v1): 90, concrete_model_id(v2): 10}
+    assert w.target_model_id == concrete_model_id(v2) and w.register
+    assert canaried.resource.rolled_out_model == concrete_model_id(v1)
+    assert translate(v2, previous=canaried.resource, now_ms=2).unchanged
+    held = translate(canary("s3://m/v2", 0), previous=canaried.resource, now_ms=3).vmodel
+    assert held is not None and held.target_model_id == concrete_model_id(v1) and not held.register
+    promoted = translate(canary("s3://m/v2", None), previous=canaried.resource, now_ms=4)
+    assert promoted.vmodel is not None and not promoted.vmodel.split
+    assert promoted.vmodel.target_model_id == concrete_model_id(v2)
+    assert promoted.resource.rolled_out_model == concrete_model_id(v2)
+    assert concrete_model_id(canary("s3://m/v2", 50)) == concrete_model_id(v2)  # the percent is not the spec
+    with pytest.raises(InvalidArgument, match="canaryTrafficPercent"):
+        canary("s3://m/v2", 120)
 
 
 def test_storage_spec_key_and_parameters_make_the_modelmesh_key() -> None:
@@ -241,7 +272,9 @@ def test_loaded_is_ready_with_urls() -> None:
     assert conditions(st) == {"PredictorReady": "True", "Ready": "True"}
     assert st["url"] == "grpc://127.0.0.1:8033"
     assert st["components"]["predictor"] == {"url": "grpc://127.0.0.1:8033", "grpcUrl": "grpc://127.0.0.1:8033",
-                                             "restUrl": "http://127.0.0.1:8008"}
+                                             "restUrl": "http://127.0.0.1:8008", "traffic": [
+                                                 {"revisionName": "m__isvc-a", "percent": 100,
+                                                  "latestRevision": True}]}
     assert st["modelStatus"] == {"transitionStatus": "UpToDate", "states": {"activeModelState": "Loaded"},
                                  "copies": {"failedCopies": 0, "totalCopies": 1}}
 
@@ -282,6 +315,17 @@ def test_failed_loads_and_a_blocked_transition() -> None:
                                      "modelRevisionName": "m__isvc-b"}
     assert ms["copies"] == {"failedCopies": 3, "totalCopies": 3}
     assert conditions(st)["Ready"] == "True"  # the old model still serves
+
+
+def test_a_live_canary_split_shows_as_traffic() -> None:
+    v = vmodel(VS.DEFINED, model_info(MS.LOADED, (MS.LOADED,)))
+    v.trafficSplit.add(modelId="m__isvc-a", weight=90, live=True)
+    v.trafficSplit.add(modelId="m__isvc-b", weight=10, live=True)
+    st = isvc_status(v, pl.Support(), latest_model="m__isvc-b", **URLS)
+    assert st["components"]["predictor"]["traffic"] == [
+        {"revisionName": "m__isvc-a", "percent": 90, "latestRevision": False},
+        {"revisionName": "m__isvc-b", "percent": 10, "latestRevision": True}]
+    assert st["components"]["predictor"]["latestCreatedRevision"] == "m__isvc-b"
 
 
 def test_no_vmodel_is_pending() -> None:

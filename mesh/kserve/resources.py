@@ -50,8 +50,6 @@ _RUNTIME_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 _MODEL_FIELDS = {"modelFormat", "storageUri", "storage", "runtime", "protocolVersion"}
 _WHY = {
-    "canaryTrafficPercent": "traffic splits between revisions are not implemented yet; the whole of the "
-                            "traffic goes to the newest spec once it has loaded",
     "resources": "models share the runtime's memory on a multi-model predictor; size the runtimes instead",
     "transformer": "transformers are not implemented; send pre-processed inputs",
     "explainer": "explainers are not implemented",
@@ -76,6 +74,9 @@ class InferenceService:
     schema_path: str = ""
     warnings: tuple[str, ...] = ()
     kind: str = INFERENCE_SERVICE
+    #: ``spec.predictor.canaryTrafficPercent``: the share of traffic the new spec gets
+    #: while the last rolled-out one keeps the rest (None: all of it, once loaded).
+    canary_percent: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,14 +246,17 @@ def _inference_service(name: str, namespace: str, meta: dict[str, Any], spec: di
     else:
         raise InvalidArgument(f"{where}: spec.predictor.model is required (modelFormat and storageUri), or one of "
                               f"the framework fields {', '.join(FRAMEWORKS)}")
-    for other in sorted(set(predictor) - {"model", *frameworks}):
+    canary = predictor.get("canaryTrafficPercent")
+    if canary is not None and (isinstance(canary, bool) or not isinstance(canary, int) or not 0 <= canary <= 100):
+        raise InvalidArgument(f"{where}: spec.predictor.canaryTrafficPercent must be a whole number from 0 to 100")
+    for other in sorted(set(predictor) - {"model", "canaryTrafficPercent", *frameworks}):
         warnings.append(_ignored(f"spec.predictor.{other}", other))
     for other in sorted(set(body) - _MODEL_FIELDS - {"runtimeVersion"}):
         warnings.append(_ignored(f"{base}.{other}", other))
     protocol = _str(body.get("protocolVersion"), f"{base}.protocolVersion", where)
     storage = _storage(body, base, where, annotations)
     return InferenceService(name, namespace, manifest, format_name, format_version, runtime, protocol,
-                            warnings=tuple(warnings), **storage)
+                            warnings=tuple(warnings), canary_percent=canary, **storage)
 
 
 def _storage(body: dict[str, Any], base: str, where: str, annotations: dict[str, Any]) -> dict[str, Any]:

@@ -54,11 +54,22 @@ def _copies(info: mm.ModelStatusInfo) -> dict[str, int]:
     return {"failedCopies": failed + recent, "totalCopies": len(info.modelCopyInfos) + recent}
 
 
+def traffic(vmodel: mm.VModelStatusInfo, latest: str) -> list[dict[str, Any]]:
+    """``components.predictor.traffic``: which model gets what share now (a live canary split, else all
+    to the active model); ``latestRevision`` marks the current spec's model."""
+    split = [(t.modelId, t.weight) for t in vmodel.trafficSplit]
+    if not split or not all(t.live for t in vmodel.trafficSplit):
+        split = [(vmodel.activeModelId, 1)]
+    total = sum(w for _, w in split) or 1
+    return [{"revisionName": m, "percent": round(100 * w / total), "latestRevision": m == latest}
+            for m, w in split]
+
+
 def isvc_status(vmodel: mm.VModelStatusInfo, support: Support, *, grpc_url: str, rest_url: str,
-                generation: int = 1) -> dict[str, Any]:
+                generation: int = 1, latest_model: str = "") -> dict[str, Any]:
     """``status`` of the InferenceService whose vmodel answered ``vmodel``.
 
-    ``support`` is the placement verdict for the current spec's (the target) model.
+    ``support`` is the placement verdict for the current spec's model, ``latest_model``.
     """
     if vmodel.status == VS.NOT_FOUND:
         active_state, failure = "Pending", None
@@ -90,6 +101,11 @@ def isvc_status(vmodel: mm.VModelStatusInfo, support: Support, *, grpc_url: str,
         if rest_url:
             predictor["restUrl"] = rest_url
         status["components"] = {"predictor": predictor}
+    if vmodel.status != VS.NOT_FOUND:
+        component = status.setdefault("components", {}).setdefault("predictor", {})
+        component["traffic"] = traffic(vmodel, latest_model or vmodel.targetModelId)
+        if latest_model:
+            component["latestCreatedRevision"] = latest_model
     why = {} if ready else {"reason": (failure or {}).get("reason", active_state),
                             "message": (failure or {}).get("message", f"the active model is {active_state}")}
     flag = "True" if ready else "False"

@@ -8,6 +8,12 @@ named after it whose target is the concrete model ``<name>__isvc-<hash>``,
 registered with ``autoDeleteTargetModel``: a changed spec is a new hash, so a
 vmodel transition (the old model serves until the new one has loaded), and
 deleting the resource deletes the vmodel and, with it, its models.
+
+``canaryTrafficPercent: P`` on a changed spec splits the vmodel's traffic instead
+(MeshAdmin SetTrafficSplit): P % to the new model, the rest to the last rolled-out
+one, as KServe's canary rollout does; applying the spec without it (or with 100)
+promotes the new model to all the traffic, and P = 0 keeps everything on the
+rolled-out model.
 """
 
 from __future__ import annotations
@@ -45,6 +51,11 @@ class VModelWrite:
     owner: str = OWNER
     auto_delete_target: bool = True
     load_now: bool = True
+    #: A canary: SetTrafficSplit(vmodel, {rolled-out: 100 - P, new: P}) instead of setVModel.
+    split: dict[str, int] = field(default_factory=dict)
+    #: Register ``target_model_id`` from this spec first (False: it is the rolled-out
+    #: model of an earlier spec, already registered).
+    register: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +126,24 @@ def translate(resource: Resource, *, previous: ResourceRecord | None, now_ms: in
                                    "applied_ms": previous.applied_ms if unchanged else now_ms})
     vmodel = None
     if isinstance(resource, InferenceService):
-        vmodel = VModelWrite(resource.name, concrete_model_id(resource), resource.format,
-                             resource.storage_uri or resource.storage_path, model_key(resource),
-                             model_labels(resource))
+        vmodel, rolled_out = _vmodel_write(resource, previous.rolled_out_model if previous else "")
+        record = ResourceRecord(**{**_fields(record), "rolled_out_model": rolled_out})
+        unchanged = unchanged and previous is not None and previous.rolled_out_model == rolled_out
     return Plan(record, vmodel, unchanged)
+
+
+def _vmodel_write(isvc: InferenceService, rolled_out: str) -> tuple[VModelWrite, str]:
+    """The vmodel write for ``isvc`` and the model that is rolled out after it."""
+    new = concrete_model_id(isvc)
+    plain = VModelWrite(isvc.name, new, isvc.format, isvc.storage_uri or isvc.storage_path, model_key(isvc),
+                        model_labels(isvc))
+    percent = isvc.canary_percent
+    if percent is None or percent >= 100 or not rolled_out or rolled_out == new:
+        return plain, new  # all traffic to this spec once it has loaded
+    if percent == 0:  # the new spec gets nothing yet: stay on the rolled-out model
+        return VModelWrite(isvc.name, rolled_out, plain.type, plain.path, plain.key, register=False), rolled_out
+    return VModelWrite(isvc.name, new, plain.type, plain.path, plain.key, plain.labels,
+                       split={rolled_out: 100 - percent, new: percent}), rolled_out
 
 
 def deletion(kind: str, name: str) -> Deletion:

@@ -129,6 +129,9 @@ class ResourceRecord:
     #: Bumped when the spec changes (Kubernetes' metadata.generation).
     generation: int = 1
     applied_ms: int = 0
+    #: InferenceService: the concrete model that last got all the traffic (a canary's
+    #: ``canaryTrafficPercent`` splits between it and the new spec's model).
+    rolled_out_model: str = ""
 
 
 Record = ModelRecord | VModelRecord | InstanceRecord | CopyRecord | PolicyRecord | ResourceRecord

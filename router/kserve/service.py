@@ -27,7 +27,7 @@ from mesh.kserve.resources import (
     parse_manifests,
 )
 from mesh.kserve.status import isvc_status
-from mesh.kserve.translate import OWNER, Plan, deletion, translate
+from mesh.kserve.translate import OWNER, Plan, concrete_model_id, deletion, translate
 from mesh.proto.meshserve.v1 import admin_pb2 as adm
 from mesh.proto.mmesh import model_mesh_pb2 as mm
 from mesh.registry.registry import Registry
@@ -98,10 +98,22 @@ class KServeService:
         w = plan.vmodel
         assert w is not None
         current = self._table.mirror.vmodels.get(w.vmodel_id)
-        if current is not None and current.target_model == w.target_model_id:
+        models = self._table.mirror.models
+        split = w.split if all(m in models for m in w.split if m != w.target_model_id) else {}
+        if current is not None and (split in (current.split, current.pending_split) if split else
+                                    current.target_model == w.target_model_id and not current.split
+                                    and not current.pending_split):
             return  # already there (or on its way): applying again changes nothing
-        await self._m.register(w.target_model_id, mm.ModelInfo(type=w.type, path=w.path, key=w.key),
-                               auto_delete=w.auto_delete_target, labels=w.labels)
+        if not w.register and w.target_model_id not in models:
+            raise FailedPrecondition(
+                f"InferenceService {w.vmodel_id!r}: canaryTrafficPercent is 0 but the rolled-out model "
+                f"{w.target_model_id!r} is gone: apply it with canaryTrafficPercent above 0, or without it")
+        if w.register:
+            await self._m.register(w.target_model_id, mm.ModelInfo(type=w.type, path=w.path, key=w.key),
+                                   auto_delete=w.auto_delete_target, labels=w.labels)
+        if split:  # a canary: the rolled-out model keeps the rest of the traffic
+            await self._m.vmodels.set_split(w.vmodel_id, split, w.owner, sync=False)
+            return
         await self._m.vmodels.set(mm.SetVModelRequest(
             vModelId=w.vmodel_id, targetModelId=w.target_model_id, owner=w.owner,
             autoDeleteTargetModel=w.auto_delete_target, loadNow=w.load_now), None)
@@ -153,7 +165,8 @@ class KServeService:
         vmodel = self._m.vmodels.status(mm.GetVModelStatusRequest(vModelId=isvc.name))
         verdict = support(Need.of(isvc), self._index.runtimes(), self._loader.view().instances)
         grpc_url, rest_url = self._urls()
-        return isvc_status(vmodel, verdict, grpc_url=grpc_url, rest_url=rest_url, generation=generation)
+        return isvc_status(vmodel, verdict, grpc_url=grpc_url, rest_url=rest_url, generation=generation,
+                           latest_model=concrete_model_id(isvc))
 
     def _describe(self, kind: str, name: str, outcome: str) -> adm.Resource:
         record = self._table.mirror.resources.get((kind, name))
