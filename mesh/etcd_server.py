@@ -58,6 +58,11 @@ class LocalEtcd:
     def endpoint(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The etcd process id while it runs (load tests read its CPU time)."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
     def start(self, timeout_s: float = 20.0) -> None:
         binary = find_etcd()
         self.data_dir.mkdir(parents=True, exist_ok=True)

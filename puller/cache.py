@@ -3,6 +3,7 @@
 Layout::
 
     cache_dir/.lock                       one puller process per cache (flock)
+    cache_dir/lru.json                    last-used time of every entry (LRU order), saved in the background
     cache_dir/models/<entry>/manifest.json    what the entry holds (written last)
     cache_dir/models/<entry>/data/...         the model's files, handed to the runtime
     cache_dir/tmp/<staging>/                  pulls in progress; emptied at start-up
@@ -18,6 +19,12 @@ The byte budget counts entries plus reservations for pulls in flight. Room is ma
 by evicting least-recently-used entries whose model is not pinned (held by a runtime,
 or awaited by a fetch). Index, pins and reservations live on the event loop; the
 methods that touch files are marked blocking and run in an executor.
+
+A hit writes nothing: the last-used time changes in memory and the whole LRU order
+goes to ``lru.json`` in one atomic write, in the background (the fetcher, every
+``lru_save_interval_s`` while something changed) and at a clean shutdown. After a
+crash the order is the one last saved (at most that interval old); an entry pulled
+since keeps its manifest's time (when it was pulled).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from mesh.registry.ids import validate_id
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+LRU_FILE = "lru.json"
 DATA = "data"
 _SCHEMA = 1
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -89,6 +97,8 @@ class DiskCache:
         self._pins: Counter[str] = Counter()
         self._reserved: dict[str, int] = {}
         self._lock_fd: int | None = None
+        #: Some last-used time changed since lru.json was written.
+        self._lru_dirty = False
 
     # -- paths --------------------------------------------------------------------
 
@@ -140,6 +150,7 @@ class DiskCache:
                 continue
             self._index[entry.model_id] = entry
             stats["kept"] += 1
+        stats["lru_restored"] = self._restore_lru()
         for victim in self._pick_victims(0) or []:  # the budget may have shrunk since last run
             self.forget(victim)
             _remove(self._models / victim.dir_name)
@@ -175,7 +186,47 @@ class DiskCache:
         return self._pins[model_id]
 
     def touch(self, entry: CacheEntry) -> None:
+        """A use: in memory only (``lru_snapshot`` + ``write_lru`` persist it)."""
         entry.last_used_ms = self._clock.now_ms()
+        self._lru_dirty = True
+
+    def lru_snapshot(self) -> dict[str, int] | None:
+        """Entry directory -> last-used ms if anything changed since the last snapshot, else None.
+        Taken on the event loop; ``write_lru`` writes it from an executor."""
+        if not self._lru_dirty:
+            return None
+        self._lru_dirty = False
+        return {e.dir_name: e.last_used_ms for e in self._index.values()}
+
+    def write_lru(self, snapshot: dict[str, int]) -> None:
+        """Writes the LRU order in one atomic replace. Blocking."""
+        tmp = self.root / f".{LRU_FILE}.{uuid.uuid4().hex[:8]}"
+        tmp.write_text(json.dumps({"v": _SCHEMA, "last_used_ms": snapshot}, sort_keys=True))
+        os.replace(tmp, self.root / LRU_FILE)
+
+    def _restore_lru(self) -> int:
+        """Applies lru.json's last-used times (newer than the manifests'); a missing or
+        damaged file leaves the manifests' times (the order of the pulls). Blocking."""
+        path = self.root / LRU_FILE
+        for stray in self.root.glob(f".{LRU_FILE}.*"):
+            stray.unlink(missing_ok=True)
+        try:
+            raw = json.loads(path.read_text())
+            times = raw["last_used_ms"] if raw.get("v") == _SCHEMA else {}
+            if not isinstance(times, dict):
+                raise ValueError("last_used_ms is not an object")
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError, KeyError, AttributeError) as e:
+            log.warning("cache: %s is unreadable (%s); LRU order falls back to pull times", path, e)
+            return 0
+        restored = 0
+        for entry in self._index.values():
+            t = times.get(entry.dir_name)
+            if isinstance(t, int) and t > entry.last_used_ms:
+                entry.last_used_ms = t
+                restored += 1
+        return restored
 
     def forget(self, entry: CacheEntry) -> None:
         """Drops an entry from the index (its files are removed by the caller)."""
@@ -215,6 +266,7 @@ class DiskCache:
     def insert(self, entry: CacheEntry) -> None:
         self._reserved.pop(entry.model_id, None)
         self._index[entry.model_id] = entry
+        self._lru_dirty = True
 
     def _pick_victims(self, nbytes: int) -> list[CacheEntry] | None:
         free = self.budget - self.used_bytes()
@@ -243,12 +295,6 @@ class DiskCache:
         if final.exists():
             _remove(final)
         os.rename(staging, final)
-
-    def save_manifest(self, entry: CacheEntry) -> None:
-        """Persists last-used time (LRU order survives restarts). Blocking."""
-        path = self._models / entry.dir_name
-        if path.is_dir():
-            _write_manifest(path, entry)
 
     def remove(self, entry: CacheEntry) -> None:
         """Deletes an entry's files. Blocking."""

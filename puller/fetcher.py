@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from cachetools import TTLCache
+
 from mesh.clock import Clock, SystemClock
 from mesh.errors import FailedPrecondition, MeshError, StorageConfigInvalid
 from mesh.fetcher import FetchedModel, PullObserver, disk_size
@@ -42,6 +44,8 @@ from puller.storage_config import StorageConfig, StorageConfigSource
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _PROGRESS_EVERY_S = 0.25
+#: Seconds a storage-config check stays good (a rotated Secret is seen within this).
+CONFIG_CHECK_S = 1.0
 
 
 class PullerFetcher:
@@ -61,6 +65,8 @@ class PullerFetcher:
         self._inflight: dict[str, tuple[asyncio.Task[CacheEntry], str, PullProgress]] = {}
         self._start_lock = asyncio.Lock()
         self._started = False
+        self._config_memo: TTLCache[str, StorageConfig] = TTLCache(1, CONFIG_CHECK_S, timer=self._clock.monotonic)
+        self._lru_task: asyncio.Task[None] | None = None
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------
@@ -87,6 +93,8 @@ class PullerFetcher:
             except StorageConfigInvalid as e:  # fetches will report it; local models still load
                 log.error("puller: %s", e)
             self._started = True
+            self._lru_task = asyncio.get_running_loop().create_task(
+                self._save_lru_every(s.lru_save_interval_s), name="puller-lru-save")
             log.info("puller: cache %s ready (%s), budget %d bytes, %d bytes used",
                      s.cache_dir, ", ".join(f"{k} {v}" for k, v in sorted(stats.items())) or "empty",
                      s.cache_budget, self.cache.used_bytes())
@@ -101,6 +109,14 @@ class PullerFetcher:
         if not self._started:
             return
         self._started = False
+        if self._lru_task is not None:
+            self._lru_task.cancel()
+            await asyncio.gather(self._lru_task, return_exceptions=True)
+            self._lru_task = None
+        try:
+            await self.save_lru()  # a clean shutdown keeps the LRU order exactly
+        except OSError as e:
+            log.warning("puller: could not save the cache's LRU order at shutdown: %s", e)
         backends, self._backends = list(self._backends.values()), {}
         executor, self._executor = self._executor, None
         for b in backends:
@@ -133,7 +149,7 @@ class PullerFetcher:
         validate_id(model_id)
         key = key or {}
         try:
-            config = await self._call(self._storage.current)
+            config = await self._storage_config()
             config_error = None
         except StorageConfigInvalid as e:
             config, config_error = StorageConfig.empty(), e
@@ -147,14 +163,14 @@ class PullerFetcher:
         if entry is not None and entry.source_digest != digest:
             await self._drop_stale(model_id, entry, source)
             entry = None
-        if entry is not None and not await self._call(self.cache.entry_path(entry).exists):
+        # A stat of the local cache, on the loop: far cheaper than the executor hop it would take.
+        if entry is not None and not self.cache.entry_path(entry).exists():
             log.warning("puller: cached files of %s vanished from %s; pulling again", model_id, self.cache.root)
             self.cache.forget(entry)
             entry = None
         if entry is not None:
             self.cache.pin(model_id)
-            self.cache.touch(entry)
-            await self._call(self.cache.save_manifest, entry)
+            self.cache.touch(entry)  # in memory; saved in the background (_save_lru_every)
             if self._observer is not None:
                 self._observer.cache_hit()
             return FetchedModel(self.cache.entry_path(entry), entry.size_bytes, True)
@@ -170,6 +186,30 @@ class PullerFetcher:
 
     async def release(self, model_id: str) -> None:
         self.cache.unpin(model_id)
+
+    async def save_lru(self) -> None:
+        """Writes the disk cache's LRU order now if it changed (also done every
+        ``lru_save_interval_s`` and at close)."""
+        snapshot = self.cache.lru_snapshot()
+        if snapshot is not None and self._executor is not None:
+            await self._call(self.cache.write_lru, snapshot)
+
+    async def _save_lru_every(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.save_lru()
+            except OSError as e:  # a full or read-only disk: the order is kept in memory meanwhile
+                log.warning("puller: could not save the cache's LRU order: %s", e)
+
+    async def _storage_config(self) -> StorageConfig:
+        """The storage config, re-checked (a stat, in the executor) at most once per
+        CONFIG_CHECK_S: a burst of cache hits does not stat the Secret each time."""
+        config = self._config_memo.get("config")
+        if config is None:
+            config = await self._call(self._storage.current)
+            self._config_memo["config"] = config
+        return config
 
     # -- internals -----------------------------------------------------------------
 

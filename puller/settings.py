@@ -53,6 +53,9 @@ class PullerSettings(BaseSettings):
     multipart_chunk_size: ByteSize = 16 * 2**20
     #: Ranged GETs in flight per large object.
     multipart_parallelism: int = Field(default=8, ge=1)
+    #: The disk cache's LRU order (last-used times, kept in memory) is saved this often
+    #: while it changes, and at shutdown; after a crash it is at most this old.
+    lru_save_interval_s: float = Field(default=10.0, gt=0)
     #: Seconds to open a connection to storage.
     connect_timeout_s: float = Field(default=10.0, gt=0)
     #: Seconds without a byte from storage before the attempt counts as failed.

@@ -38,6 +38,20 @@ from router.table import RoutingTable
 log = logging.getLogger(__name__)
 
 
+#: A measured size is written back to the model record when none was measured yet, when
+#: a new measurement exceeds the recorded one by more than this fraction, or when it is
+#: under half of it. Resident-memory growth varies from load to load (pages, overlapping
+#: loads charge the prediction); a record rewrite per load would cost two etcd round trips
+#: and a watch event on every router, and the record's size only guides placement.
+SIZE_RECORD_TOLERANCE = 0.1
+
+
+def size_worth_recording(model: rec.ModelRecord, measured: int) -> bool:
+    if not model.size_measured or model.failures:
+        return True  # the first measurement, or failures to clear after a success
+    return measured > (1 + SIZE_RECORD_TOLERANCE) * model.size_bytes or 2 * measured < model.size_bytes
+
+
 def active_failures(model: rec.ModelRecord, now_ms: int, ttl_s: float) -> list[rec.LoadFailure]:
     return [f for f in model.failures if now_ms - f.at_ms < ttl_s * 1000]
 
@@ -120,8 +134,9 @@ class Loader:
             task.add_done_callback(forget)
         remaining = deadline - self._clock.monotonic()
         try:
-            return await asyncio.wait_for(asyncio.shield(task), max(0.001, remaining))
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(max(0.001, remaining)):  # not wait_for: no extra task per waiter
+                return await asyncio.shield(task)
+        except TimeoutError:
             raise DeadlineExceeded(f"model {model_id!r} did not finish loading before the request's deadline") from None
 
     async def add_copy(self, model_id: str, deadline: float) -> str:
@@ -222,7 +237,7 @@ class Loader:
             await asyncio.shield(self._cleanup_failed(model.model_id, instance_id, inst.endpoint, grpc.StatusCode.CANCELLED))
             raise
         self.on_load("OK")
-        if resp.sizeInBytes and (not model.size_measured or model.size_bytes != resp.sizeInBytes):
+        if resp.sizeInBytes and size_worth_recording(model, int(resp.sizeInBytes)):
             size = int(resp.sizeInBytes)
             try:
                 await self._registry.update_model(

@@ -134,3 +134,15 @@ async def test_open_loop_charges_a_stall_to_the_requests_that_waited() -> None:
     assert rec.ok == lag["intended_requests"] > 10  # the stall did not thin out the arrivals
     # The first request waited the whole stall (sleep waits at least that long).
     assert rec.summary()["latency_ms"]["max"] >= 250
+
+
+@pytest.mark.timeout(240)
+def test_churn_cost_smoke(tmp_path: Path) -> None:
+    s = run_scenario(tmp_path, "churn-cost", "--models", "12", "--fraction", "0.5", "--size-bytes", "0",
+                     "--seconds", "2", "--hit-seconds", "1", "--callers", "2", "--spi-loads", "20")
+    assert s["runtime_only_loads"]["loads"] == 20 and s["runtime_only_loads"]["cpu_ms_per_load"]["runtime"] > 0
+    assert s["errors"] == {} and s["requests"] > 0 and s["req_per_s"] > 0 and s["misses"] > 0
+    assert s["hit_phase"]["loads"] == 0  # the hit phase is all hits
+    for kind in ("router", "runtime", "etcd"):
+        assert s["cpu_ms_per_hit"][kind] >= 0 and kind in s["cpu_ms_per_miss"]
+    assert 0 < s["p50_ms"] <= s["p99_ms"]

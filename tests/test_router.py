@@ -163,6 +163,17 @@ async def test_runtime_crash_requests_retry_elsewhere_and_copies_vanish(client: 
     assert dead.instance_id not in [c.location for c in st.modelCopyInfos]
 
 
+async def test_a_model_evicted_while_requests_wait_is_reloaded_and_every_request_answered(
+        client: Client, runtimes, router) -> None:
+    await client.register("evicted")
+    holder_id = (await client.infer("evicted")).id
+    holder = next(rt for rt in runtimes if rt.instance_id == holder_id)
+    holder.forget("evicted")  # gone from memory; the router still sees a LOADED copy there
+    answers = await asyncio.gather(*(client.infer("evicted") for _ in range(6)))
+    assert all(a.model_name == "evicted" for a in answers)
+    assert sum(rt.loads.get("evicted", 0) for rt in runtimes) == 2  # one reload for all who waited
+
+
 async def test_load_failures_become_loading_failed_with_reasons(client: Client, runtimes) -> None:
     for rt in runtimes:
         rt.fail_models["broken"] = "model file is corrupt: bad magic"

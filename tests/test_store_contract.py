@@ -133,3 +133,41 @@ async def test_put_if_prefix_unchanged(store, keys: KeySchema) -> None:
                               prefix_unchanged=(keys.copies_of("m"), seen)) is None
     # An empty range never blocks.
     assert await store.put_if(keys.copy("n", "a"), b"z", mod_revision=0, prefix_unchanged=(keys.copies_of("n"), 1))
+
+
+async def test_create_many_creates_the_absent_keys_and_reports_each(store, keys: KeySchema) -> None:
+    await store.put(keys.model("taken"), b"old")
+    items = [(keys.model("new-1"), b"1"), (keys.model("taken"), b"x"), (keys.model("new-2"), b"2")]
+    revs = await store.create_many(items)
+    assert revs[1] is None and revs[0] is not None and revs[2] is not None
+    assert [(await store.get(k)).value for k, _ in items] == [b"1", b"old", b"2"]
+    kv = await store.get(keys.model("new-2"))
+    assert kv.mod_revision == revs[2]
+    assert await store.create_many([]) == []
+
+
+async def test_concurrent_creates_of_one_key_through_a_registry_one_wins(store, keys: KeySchema) -> None:
+    from mesh.errors import AlreadyExists
+    from mesh.registry import records as rec
+    from mesh.registry.registry import Registry
+
+    reg = Registry(store, keys)
+    models = [rec.ModelRecord(f"m{i % 5}", "onnx", f"/p/{i}", registered_ms=1, last_used_ms=1) for i in range(40)]
+    results = await asyncio.gather(*(reg.create_model(m) for m in models), return_exceptions=True)
+    won = [m for m, r in zip(models, results) if isinstance(r, int)]
+    assert all(isinstance(r, AlreadyExists) for r in results if not isinstance(r, int))
+    assert sorted(m.model_id for m in won) == [f"m{i}" for i in range(5)]  # one winner per id
+    for m in won:
+        assert (await reg.get_model(m.model_id)).record.path == m.path
+
+
+async def test_write_many_puts_and_deletes_in_one_go(store, keys: KeySchema) -> None:
+    lease = await store.grant_lease(30)
+    await store.put(keys.copy("gone", "i1"), b"old")
+    rev = await store.write_many([(keys.copy("a", "i1"), b"A"), (keys.copy("b", "i1"), b"B")],
+                                 [keys.copy("gone", "i1"), keys.copy("never", "i1")], lease=lease)
+    assert (await store.get(keys.copy("a", "i1"))).lease == lease
+    assert (await store.get(keys.copy("b", "i1"))).mod_revision <= rev
+    assert await store.get(keys.copy("gone", "i1")) is None
+    await store.revoke_lease(lease)
+    assert await store.get(keys.copy("a", "i1")) is None  # the puts went under the lease

@@ -103,7 +103,7 @@ class _Path:
                 **cpu}
 
 
-def _py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
     exe = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     if exe is None:
         return None
@@ -192,7 +192,7 @@ async def run(args: argparse.Namespace) -> Path:
 async def _profile(pid: int, send: Send, model: str, payloads: dict[str, bytes], args: argparse.Namespace,
                    out: Path) -> dict[str, Any]:
     raw = out / "router_profile.txt"
-    spy = _py_spy(pid, args.seconds, raw)
+    spy = py_spy(pid, args.seconds, raw)
     if spy is None:
         return {"error": "py-spy not installed"}
     await asyncio.sleep(1.0)  # let it attach

@@ -128,6 +128,24 @@ class EtcdStore:
         resp = await self._txn("compare-and-set", req)
         return int(resp.header.revision) if resp.succeeded else None
 
+    async def create_many(self, items: list[tuple[bytes, bytes]]) -> list[int | None]:
+        # One transaction of nested ones: each create succeeds or fails on its own,
+        # and the whole batch is one round trip and one raft entry (one revision).
+        req = rpc.TxnRequest(success=[
+            rpc.RequestOp(request_txn=rpc.TxnRequest(
+                compare=[_mod_compare(key, 0)], success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value))]))
+            for key, value in items])
+        resp = await self._txn("create", req)
+        revision = int(resp.header.revision)
+        return [revision if r.response_txn.succeeded else None for r in resp.responses]
+
+    async def write_many(self, puts: list[tuple[bytes, bytes]], deletes: list[bytes], *, lease: int = 0) -> int:
+        req = rpc.TxnRequest(success=[
+            *(rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=v, lease=lease)) for k, v in puts),
+            *(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k)) for k in deletes)])
+        resp = await self._txn("write", req)
+        return int(resp.header.revision)
+
     async def delete(self, key: bytes) -> bool:
         resp = await self._call(
             "delete", lambda: self._client.kvstub.DeleteRange(rpc.DeleteRangeRequest(key=key), timeout=self._timeout)

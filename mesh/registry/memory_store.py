@@ -124,6 +124,20 @@ class MemoryStore:
                 return None
         return self._write(key, value, lease)
 
+    async def create_many(self, items: list[tuple[bytes, bytes]]) -> list[int | None]:
+        self.expire_leases()
+        return [None if key in self._data else self._write(key, value, 0) for key, value in items]
+
+    async def write_many(self, puts: list[tuple[bytes, bytes]], deletes: list[bytes], *, lease: int = 0) -> int:
+        self.expire_leases()
+        if lease and lease not in self._leases:
+            raise LeaseLost(f"lease {lease:x} does not exist (expired or revoked)")
+        for key, value in puts:
+            self._write(key, value, lease)
+        for key in deletes:
+            self._remove(key)
+        return self._rev
+
     async def delete(self, key: bytes) -> bool:
         self.expire_leases()
         return self._remove(key)

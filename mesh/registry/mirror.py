@@ -10,6 +10,8 @@ after a write at revision R, wait until the mirror has applied R.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -53,7 +55,8 @@ class RegistryMirror:
         self.revision = 0
         self.corrupt_records = 0
         self._listeners: list[Listener] = []
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiter_seq = itertools.count()
         self._task: asyncio.Task[None] | None = None
 
     def subscribe(self, listener: Listener) -> None:
@@ -78,17 +81,23 @@ class RegistryMirror:
         """Waits until every change up to ``revision`` is applied."""
         if self.revision >= revision:
             return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((revision, fut))
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        # A heap by revision and a timer handle, not asyncio.wait_for (a task per call):
+        # a fleet of registrations waits here 64 at a time.
+        heapq.heappush(self._waiters, (revision, next(self._waiter_seq), fut))
+
+        def expire() -> None:
+            if not fut.done():
+                fut.set_exception(DeadlineExceeded(
+                    f"the registry mirror did not reach revision {revision} within {timeout_s}s "
+                    f"(at {self.revision}); {self._store.description} may be slow"))
+
+        timer = loop.call_later(timeout_s, expire)
         try:
-            await asyncio.wait_for(fut, timeout_s)
-        except asyncio.TimeoutError:
-            raise DeadlineExceeded(
-                f"the registry mirror did not reach revision {revision} within {timeout_s}s "
-                f"(at {self.revision}); {self._store.description} may be slow"
-            ) from None
+            await fut
         finally:
-            self._waiters = [(r, f) for r, f in self._waiters if f is not fut]
+            timer.cancel()
 
     # -- loading and following -------------------------------------------
 
@@ -188,6 +197,7 @@ class RegistryMirror:
         if revision <= self.revision:
             return
         self.revision = revision
-        for rev, fut in self._waiters:
-            if rev <= revision and not fut.done():
+        while self._waiters and self._waiters[0][0] <= revision:
+            fut = heapq.heappop(self._waiters)[2]
+            if not fut.done():
                 fut.set_result(None)

@@ -140,8 +140,23 @@ R = TypeVar("R", ModelRecord, VModelRecord, InstanceRecord, CopyRecord, PolicyRe
 _TUPLE_FIELDS = {"failures", "model_types", "warnings"}
 
 
+_FIELDS: dict[type[Any], frozenset[str]] = {}
+
+
+def _field_names(cls: type[Any]) -> frozenset[str]:
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = frozenset(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 def encode(record: Record) -> bytes:
-    data = dataclasses.asdict(record)
+    # A shallow dict (asdict deep-copies, and costs more than the JSON): the values are
+    # JSON-ready but for the nested LoadFailure records.
+    data = {name: getattr(record, name) for name in _field_names(type(record))}
+    if "failures" in data:
+        data["failures"] = [{"instance_id": f.instance_id, "at_ms": f.at_ms, "reason": f.reason}
+                            for f in data["failures"]]
     data["v"] = SCHEMA_VERSION
     return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
@@ -160,7 +175,7 @@ def decode(cls: type[R], raw: bytes) -> R:
             f"{cls.__name__}: schema version {version!r} is not understood "
             f"(this build reads <= {SCHEMA_VERSION})"
         )
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = _field_names(cls)
     kwargs = {k: v for k, v in data.items() if k in names}
     try:
         if "failures" in kwargs:

@@ -10,6 +10,7 @@ from typing import Generic
 
 from mesh.errors import AlreadyExists, Conflict, CorruptRecord, InvalidArgument
 from mesh.registry import records as rec
+from mesh.registry.batcher import CreateBatcher
 from mesh.registry.ids import validate_id
 from mesh.registry.keys import KeySchema
 from mesh.registry.records import R
@@ -46,6 +47,7 @@ class Registry:
     def __init__(self, store: KVStore, keys: KeySchema) -> None:
         self.store = store
         self.keys = keys
+        self._creates = CreateBatcher(store)
 
     # -- generic -----------------------------------------------------------
 
@@ -92,7 +94,7 @@ class Registry:
 
     async def create_model(self, model: rec.ModelRecord) -> int:
         key = self.keys.model(validate_id(model.model_id))
-        revision = await self.store.put_if(key, rec.encode(model), mod_revision=0)
+        revision = await self._creates.create(key, rec.encode(model))  # batched with concurrent creates
         if revision is None:
             raise AlreadyExists(f"model {model.model_id!r} is already registered")
         return revision
@@ -161,6 +163,14 @@ class Registry:
             self.keys.copy(copy.model_id, copy.instance_id), rec.encode(copy), mod_revision=0, lease=lease,
             prefix_unchanged=prefix,
         )
+
+    async def write_copies(self, copies: list[rec.CopyRecord], deleted: list[str], instance_id: str, *,
+                           lease: int) -> int:
+        """Puts ``copies`` (under ``lease``) and deletes the copy keys of the ``deleted``
+        models on ``instance_id``, in one transaction; returns its revision."""
+        return await self.store.write_many(
+            [(self.keys.copy(c.model_id, c.instance_id), rec.encode(c)) for c in copies],
+            [self.keys.copy(m, instance_id) for m in deleted], lease=lease)
 
     async def delete_copy(self, model_id: str, instance_id: str) -> bool:
         return await self.store.delete(self.keys.copy(model_id, instance_id))

@@ -85,6 +85,19 @@ class KVStore(Protocol):
         """
         ...
 
+    async def create_many(self, items: list[tuple[bytes, bytes]]) -> list[int | None]:
+        """Creates each key that does not exist yet, in one round trip (keys distinct).
+
+        Returns, per item, the revision it was written at, or None where the key
+        existed (that item only: the others are still written).
+        """
+        ...
+
+    async def write_many(self, puts: list[tuple[bytes, bytes]], deletes: list[bytes], *, lease: int = 0) -> int:
+        """Puts (under ``lease``) and deletes in one transaction (keys distinct);
+        returns its revision."""
+        ...
+
     async def delete(self, key: bytes) -> bool:
         """True if the key existed."""
         ...

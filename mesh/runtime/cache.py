@@ -24,6 +24,7 @@ from typing import Any
 from mesh.clock import Clock
 from mesh.errors import ResourceExhausted
 from mesh.policy.eviction import LRU, CacheView, EntryView, EvictionPolicy, candidates, lru_victims
+from mesh.runtime.inline import RunEstimate
 
 __all__ = ["Entry", "EntryView", "EvictionPolicy", "ModelCache", "lru_victims"]
 
@@ -48,6 +49,8 @@ class Entry:
     #: The cache's aging value at the last use (LFU-DA, GDSF).
     credit: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: How long this model's inference runs (inline on the loop or in the pool).
+    run: RunEstimate = field(default_factory=RunEstimate)
 
     def view(self) -> EntryView:
         return EntryView(self.model_id, self.size, self.last_used, self.in_flight, max(self.uses, 1),

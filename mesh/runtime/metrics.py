@@ -54,6 +54,10 @@ class RuntimeMetrics(MetricsBase):
         self.age_at_eviction = Histogram(
             "meshserve_age_at_eviction_seconds", "Seconds since an evicted model was last used",
             buckets=_AGE_BUCKETS, registry=r)
+        runs = Counter("meshserve_inference_runs", "Inference runs by where they ran: inline on the event loop "
+                       "(models measured to run in under inline_inference_max_us) or in the inference pool",
+                       ["where"], registry=r)
+        self.runs_inline, self.runs_pool = runs.labels("inline"), runs.labels("pool")
         self.pulls = Counter("meshserve_puller_pulls", "Model pulls from storage, by scheme and result",
                              ["scheme", "result"], registry=r)
         self.pull_bytes = Counter("meshserve_puller_bytes", "Bytes pulled from storage, by scheme", ["scheme"],

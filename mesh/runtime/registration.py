@@ -8,7 +8,10 @@ claim copy keys under the instance's lease. Writes go through two owned loops:
   something changes (coalesced: a burst of loads is one write);
 - copy keys, one writer for all models so writes for one model never reorder:
   LOADING when a load starts (overwriting what a router may have claimed),
-  LOADED with the size when done, deleted on unload, eviction or failure.
+  LOADED with the size when done, deleted on unload, eviction or failure. The
+  LOADING write waits ``LOADING_WRITE_DELAY_S``: a load that ends sooner (most do,
+  from the disk cache) writes only its outcome, and the router's claim (a
+  LOADING key under this instance's lease) stands for it meanwhile.
   ``flush_copy`` lets loadModel return only once its LOADED key is written.
 
 On lease loss (etcd partition longer than the TTL) it re-registers under a new
@@ -34,6 +37,10 @@ log = logging.getLogger(__name__)
 
 #: The record is re-checked this often even without changes (and written if it differs).
 RECORD_REFRESH_S = 10.0
+#: A LOADING copy key is written only for a load still running after this long.
+LOADING_WRITE_DELAY_S = 0.2
+#: Copy keys written in one transaction at most (etcd allows 128 operations in one).
+COPY_BATCH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +76,8 @@ class Registration:
         self._copies_dirty = asyncio.Event()
         self._desired: dict[str, rec.CopyRecord | None] = {}
         self._pending: set[str] = set()
+        #: Models whose LOADING write waited its delay and is now due.
+        self._loading_due: set[str] = set()
         self._seq = 0
         self._desired_seq: dict[str, int] = {}
         self._written_seq: dict[str, int] = {}
@@ -131,8 +140,14 @@ class Registration:
         self._record_dirty.set()
 
     async def flush_copy(self, model_id: str, timeout_s: float) -> bool:
-        """Waits until the latest state of ``model_id``'s copy key is in etcd."""
+        """Waits until the latest state of ``model_id``'s copy key is in etcd (a LOADING
+        write still in its delay is written now)."""
         target = self._desired_seq.get(model_id, 0)
+        copy = self._desired.get(model_id)
+        if copy is not None and copy.state == rec.LOADING and model_id not in self._loading_due:
+            self._loading_due.add(model_id)
+            self._pending.add(model_id)
+            self._copies_dirty.set()
 
         def written() -> bool:
             return model_id not in self._desired_seq or self._written_seq.get(model_id, 0) >= target
@@ -218,26 +233,50 @@ class Registration:
             await self._copies_dirty.wait()
             self._copies_dirty.clear()
             while self._pending:
-                model_id = self._pending.pop()
-                copy, seq = self._desired.get(model_id), self._desired_seq.get(model_id, 0)
+                batch = self._next_copy_batch()
+                if not batch:
+                    continue
+                puts = [c for c, _ in batch.values() if c is not None]
+                deletes = [m for m, (c, _) in batch.items() if c is None]
                 try:
-                    if copy is not None:
-                        await self._registry.put_copy(copy, lease=self.lease_id)
-                    else:
-                        await self._registry.delete_copy(model_id, self.instance_id)
+                    # Every pending key in one transaction: a load's LOADED and its
+                    # victims' deletes are one etcd round trip (and one revision).
+                    await self._registry.write_copies(puts, deletes, self.instance_id, lease=self.lease_id)
                 except MeshError as e:
-                    log.warning("copy key for %r not written (will retry): %s", model_id, e)
-                    self._pending.add(model_id)
+                    log.warning("copy keys for %s not written (will retry): %s", ", ".join(map(repr, batch)), e)
+                    self._pending.update(batch)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
                     continue
                 delay = 0.1
                 async with self._written:
-                    self._written_seq[model_id] = seq
-                    if copy is None and self._desired_seq.get(model_id) == seq:
-                        # Deleted and nothing newer: forget the model entirely.
-                        del self._desired[model_id], self._desired_seq[model_id], self._written_seq[model_id]
+                    for model_id, (copy, seq) in batch.items():
+                        self._written_seq[model_id] = seq
+                        if copy is None and self._desired_seq.get(model_id) == seq:
+                            # Deleted and nothing newer: forget the model entirely.
+                            del self._desired[model_id], self._desired_seq[model_id], self._written_seq[model_id]
                     self._written.notify_all()
+
+    def _next_copy_batch(self) -> dict[str, tuple[rec.CopyRecord | None, int]]:
+        """Takes up to COPY_BATCH pending models (model -> (desired copy, its seq)); a
+        LOADING write still in its delay is set aside until the delay ends."""
+        batch: dict[str, tuple[rec.CopyRecord | None, int]] = {}
+        while self._pending and len(batch) < COPY_BATCH:
+            model_id = self._pending.pop()
+            copy, seq = self._desired.get(model_id), self._desired_seq.get(model_id, 0)
+            if copy is not None and copy.state == rec.LOADING and model_id not in self._loading_due:
+                asyncio.get_running_loop().call_later(LOADING_WRITE_DELAY_S, self._loading_write_due, model_id, seq)
+                continue
+            self._loading_due.discard(model_id)
+            batch[model_id] = (copy, seq)
+        return batch
+
+    def _loading_write_due(self, model_id: str, seq: int) -> None:
+        """The delay of a LOADING write is over: written now if nothing newer came."""
+        if self._desired_seq.get(model_id) == seq:
+            self._loading_due.add(model_id)
+            self._pending.add(model_id)
+            self._copies_dirty.set()
 
     async def _lease_loop(self) -> None:
         while True:

@@ -100,6 +100,10 @@ class RuntimeSettings(CommonSettings):
     #: Threads running inference (session.run / forward). Each model's ORT session
     #: uses ``intra_op_threads`` inside one of these.
     inference_threads: int = 4
+    #: A model whose measured inference takes less than this (moving estimate, in µs)
+    #: runs inline on the event loop instead of in the inference pool (a thread hop
+    #: costs more than a tiny model's run); 0 = always the pool (README "Inline inference").
+    inline_inference_max_us: float = Field(default=200.0, ge=0)
     #: Intra-op threads per ORT session, and torch's thread count. 1 keeps a thousand sessions from
     #: owning a thousand thread pools; raise it for few, large models.
     intra_op_threads: int = 1

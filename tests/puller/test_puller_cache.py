@@ -3,7 +3,9 @@ one process per cache directory, safe directory names, re-pointed model ids."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +105,73 @@ async def test_lru_order_survives_a_restart(tmp_path: Path, make_settings: Any) 
     async with PullerFetcher(settings, clock=clock) as fetcher:
         await fetcher.fetch("c", src["c"], {})
         assert sorted(e.model_id for e in fetcher.cache.entries()) == ["a", "c"]
+
+
+async def test_a_cache_hit_writes_nothing_to_disk_until_the_lru_order_is_saved(
+        tmp_path: Path, make_settings: Any) -> None:
+    src = _files(tmp_path, a=1000)
+    settings = make_settings(lru_save_interval_s=3600)
+    async with PullerFetcher(settings) as fetcher:
+        first = await fetcher.fetch("a", src["a"], {})
+        await fetcher.save_lru()
+        entry_dir = first.path.parent.parent
+        before = {p.name: p.stat().st_mtime_ns for p in [*entry_dir.rglob("*"), settings.cache_dir / "lru.json"]}
+        for _ in range(20):
+            assert (await fetcher.fetch("a", src["a"], {})).from_cache
+        after = {p.name: p.stat().st_mtime_ns for p in [*entry_dir.rglob("*"), settings.cache_dir / "lru.json"]}
+        assert after == before
+
+
+_CRASH = """
+import asyncio, os, sys
+from mesh.clock import FakeClock
+from puller.fetcher import PullerFetcher
+from puller.settings import PullerSettings
+
+async def main() -> None:
+    clock = FakeClock()
+    fetcher = PullerFetcher(PullerSettings(cache_dir=sys.argv[1], cache_budget=2000, lru_save_interval_s=3600),
+                            clock=clock)
+    for name in sys.argv[2:]:
+        if name == "save":
+            await fetcher.save_lru()
+            continue
+        await fetcher.fetch(name, os.path.join(sys.argv[1], "..", "src", name + ".bin"), {})
+        await fetcher.release(name)
+        clock.advance(10)
+    os._exit(9)  # killed: no close, no final save
+
+asyncio.run(main())
+"""
+
+
+async def test_lru_order_after_a_crash_is_the_last_saved_one(tmp_path: Path, make_settings: Any) -> None:
+    src = _files(tmp_path, a=1000, b=1000, c=1000)
+    settings = make_settings(cache_budget=2000)
+    assert Path(src["a"]).parent == settings.cache_dir.parent / "src"
+    # a, then b, used and saved; then a used again, and the process dies before the next save.
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", _CRASH, str(settings.cache_dir),
+                                                "a", "b", "save", "a", cwd=Path(__file__).parents[2])
+    assert await proc.wait() == 9
+    async with PullerFetcher(settings, clock=FakeClock(wall_ms=1_700_000_100_000)) as fetcher:
+        # Rebuilt from the last save: a older than b (its last use was lost with the process).
+        assert [e.model_id for e in fetcher.cache.entries()] == ["a", "b"]
+        await fetcher.fetch("c", src["c"], {})
+        assert sorted(e.model_id for e in fetcher.cache.entries()) == ["b", "c"]
+
+
+async def test_a_damaged_lru_file_falls_back_to_pull_order(tmp_path: Path, make_settings: Any) -> None:
+    src = _files(tmp_path, a=1000, b=1000)
+    settings = make_settings()
+    clock = FakeClock()
+    async with PullerFetcher(settings, clock=clock) as fetcher:
+        for name in ("a", "b", "a"):
+            await fetcher.fetch(name, src[name], {})
+            await fetcher.release(name)
+            clock.advance(10)
+    (settings.cache_dir / "lru.json").write_text("{not json")
+    async with PullerFetcher(settings, clock=clock) as fetcher:
+        assert [e.model_id for e in fetcher.cache.entries()] == ["a", "b"]  # pulled a, then b
 
 
 async def test_one_process_per_cache_directory(make_settings: Any) -> None:
