@@ -101,18 +101,21 @@ def ort_loop(path: Path, x: np.ndarray, seconds: float, concurrency: int) -> dic
     return _summary([v for lst in per_thread for v in lst], time.perf_counter() - t0)
 
 
-def load_times(spi: Any, paths: dict[str, Path], repeats: int = 3) -> dict[str, dict[str, float]]:
+def load_times(spi: Any, paths: dict[str, Path], repeats: int = 3,
+               model_type: str = "onnx") -> dict[str, dict[str, float]]:
+    from mesh.fetcher import disk_size
+
     out = {}
     for label, path in paths.items():
         times, size = [], 0
         for i in range(repeats):
             model_id = f"load-{label}-{i}"
             t0 = time.perf_counter()
-            size = spi.loadModel(rpb.LoadModelRequest(modelId=model_id, modelType="onnx", modelPath=str(path)),
+            size = spi.loadModel(rpb.LoadModelRequest(modelId=model_id, modelType=model_type, modelPath=str(path)),
                                  timeout=300).sizeInBytes
             times.append(time.perf_counter() - t0)
             spi.unloadModel(rpb.UnloadModelRequest(modelId=model_id), timeout=60)
-        out[label] = {"file_bytes": path.stat().st_size, "median_s": round(statistics.median(times), 4),
+        out[label] = {"file_bytes": disk_size(path), "median_s": round(statistics.median(times), 4),
                       "min_s": round(min(times), 4), "charged_bytes": int(size)}
     return out
 
@@ -124,14 +127,14 @@ def rss_of(pid: int) -> int:
     return 0
 
 
-async def load_many(endpoint: str, path: Path, n: int, concurrency: int = 8) -> float:
+async def load_many(endpoint: str, path: Path, n: int, concurrency: int = 8, model_type: str = "onnx") -> float:
     async with grpc.aio.insecure_channel(endpoint) as ch:
         spi = rpg.ModelRuntimeStub(ch)
         sem = asyncio.Semaphore(concurrency)
 
         async def one(i: int) -> None:
             async with sem:
-                await spi.loadModel(rpb.LoadModelRequest(modelId=f"many/{i:05d}", modelType="onnx",
+                await spi.loadModel(rpb.LoadModelRequest(modelId=f"many/{i:05d}", modelType=model_type,
                                                          modelPath=str(path)), timeout=120)
 
         t0 = time.perf_counter()

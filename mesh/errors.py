@@ -121,6 +121,11 @@ class ModelLoadFailed(MeshError):
     code = "INTERNAL"
 
 
+class ModelLoadRefused(FailedPrecondition):
+    """The runtime's settings forbid loading this file (a pickle without
+    ``--allow-pickle``, skops types nobody trusted); the message names the setting."""
+
+
 # -- storage (raised by the puller; the runtime reports them as failed loads) --
 
 

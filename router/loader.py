@@ -19,6 +19,7 @@ import grpc
 from mesh.clock import Clock
 from mesh.errors import (
     DeadlineExceeded,
+    FailedPrecondition,
     MeshError,
     ModelLoadingFailed,
     ModelNotFound,
@@ -27,6 +28,7 @@ from mesh.errors import (
     Unavailable,
 )
 from mesh.grpc_errors import from_rpc_error
+from mesh.model_types import canonical_model_type
 from mesh.policy.placement import REQUIRE_PREFIX, PlacementPolicy, near_equals, rank
 from mesh.policy.view import ClusterView, InstanceView, ModelView
 from mesh.registry import records as rec
@@ -100,7 +102,7 @@ class Loader:
         failed = {f.instance_id for f in active_failures(model, now, self._s.failure_ttl_s)}
         required = {k[len(REQUIRE_PREFIX):]: v for k, v in model.labels.items() if k.startswith(REQUIRE_PREFIX)}
         return ModelView(
-            model.model_id, model.type, model.size_bytes or self._typical_size(),
+            model.model_id, canonical_model_type(model.type), model.size_bytes or self._typical_size(),
             frozenset(i for i, c in self._table.copies(model.model_id).items()
                       if not self._table.is_suspect(i, model.model_id)) | frozenset(extra_exclude),
             frozenset(failed), required, dict(model.labels),
@@ -175,6 +177,7 @@ class Loader:
             if not ranked:
                 if last_error is not None:
                     raise last_error
+                no_type_error(model, view)
                 n = len(self._table.mirror.instances)
                 raise Unavailable(
                     f"no runtime can load model {model_id!r} (type {model.type!r}, {model.size_bytes} bytes): "
@@ -285,6 +288,21 @@ class Loader:
                 await self._table.mirror.wait_for(v.mod_revision, 5)
         except MeshError as e:
             log.warning("could not record load failure of %s: %s", model_id, e)
+
+
+def no_type_error(model: rec.ModelRecord, view: ClusterView) -> None:
+    """FAILED_PRECONDITION when no runtime at all serves the model's type (waiting or
+    retrying cannot help): names the type and what each runtime serves."""
+    wanted = canonical_model_type(model.type)
+    if not view.instances or any(not i.model_types or wanted in i.model_types for i in view.instances):
+        return
+    seen = "; ".join(f"{i.instance_id} ({', '.join(i.model_types)})" for i in view.instances[:10])
+    more = f" and {len(view.instances) - 10} more" if len(view.instances) > 10 else ""
+    raise FailedPrecondition(
+        f"no runtime serves model type {model.type!r} (model {model.model_id!r}); runtimes seen: {seen}{more}. "
+        "Start a runtime whose image has the type's library (pip install 'meshserve[<type>]'), or register "
+        "the model with a type listed here"
+    )
 
 
 class _Lost(Exception):

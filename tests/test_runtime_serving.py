@@ -292,7 +292,8 @@ def test_instance_record_describes_the_runtime(etcd_server: LocalEtcd, mesh: str
     record = eventually(settled)
     assert record is not None
     assert record.endpoint == runtime.endpoint and record.lease_id and record.capacity_bytes == 2**30
-    assert set(record.model_types) == {"onnx", "pytorch"} and record.device == DEVICE
+    # Every built-in type whose library imports (the cpu extra brings them all).
+    assert set(record.model_types) == {"onnx", "pytorch", "sklearn", "xgboost", "lightgbm"} and record.device == DEVICE
     assert 0 < record.used_bytes <= record.capacity_bytes and record.oldest_lru_ms > 0 and record.start_ms > 0
     assert not record.shutting_down and record.version
 

@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zipf", type=float, default=1.0, help="popularity exponent s")
     p.add_argument("--rate", type=float, default=40.0, help="open-loop requests/s")
     p.add_argument("--seconds", type=float, default=60.0)
-    p.add_argument("--policies", default="lru,lfu,gdsf,ttl")
+    p.add_argument("--policies", default="lru,lfu,gdsf,ttl,adaptive")
     p.add_argument("--sample-s", type=float, default=2.0, help="mesh probe interval")
 
 

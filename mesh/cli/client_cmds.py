@@ -47,7 +47,8 @@ def add_arguments_for(name: str, p: argparse.ArgumentParser) -> None:
     if name in ("register", "unregister", "status", "infer"):
         p.add_argument("id", help="model id" + (" (or vmodel id with --vmodel)" if name in ("status", "infer") else ""))
     if name == "register":
-        p.add_argument("--type", required=True, help="model type, e.g. onnx or pytorch")
+        p.add_argument("--type", required=True, help="model type: onnx, pytorch, sklearn, xgboost, lightgbm (any case, KServe's names), a plugin's "
+                       "type, or package.module:Class")
         p.add_argument("--path", required=True, help="storage URI or local path of the model")
         p.add_argument("--key", default="", help="storage key JSON (storage_key, storage_params, sha256...)")
         p.add_argument("--load-now", action="store_true", help="start loading at once")

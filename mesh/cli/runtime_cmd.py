@@ -30,10 +30,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--labels", help="k=v,k2=v2 labels for placement")
     p.add_argument("--zone", help="failure zone for placement")
-    p.add_argument("--eviction-policy", help="lru, lfu, gdsf, ttl, package.module:function or a JSON spec; used when "
+    p.add_argument("--eviction-policy", help="lru, lfu, gdsf, ttl, adaptive, package.module:function or a JSON spec; used when "
                    "the policy document sets none for this runtime (env MESHSERVE_EVICTION_POLICY; default lru)")
     p.add_argument("--policy-file", help="policy document (JSON/YAML) used while the registry's config/policy is "
                    "unset (env MESHSERVE_POLICY_FILE)")
+    p.add_argument("--allow-pickle", action="store_true", default=None,
+                   help="load pickle-based scikit-learn files (.joblib, .pkl, .pickle): unpickling runs the file's "
+                   "code, so only where every model source is trusted (env MESHSERVE_ALLOW_PICKLE; default off)")
+    p.add_argument("--custom-model-types", help="package.module:Class custom model types this runtime may load, "
+                   "comma-separated (env MESHSERVE_CUSTOM_MODEL_TYPES)")
 
 
 def make_fetcher(settings: RuntimeSettings, observer: PullObserver | None = None) -> Fetcher:

@@ -22,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--demo", action="store_true",
                    help="register generated models, send inference, show placements and an eviction, then exit")
     p.add_argument("--log-level", default="WARNING", help="log level of this process (default WARNING)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="runtimes load pickle-based scikit-learn files (.joblib, .pkl): only for trusted models")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
     async def main(stop: asyncio.Event) -> int:
         local = LocalMesh(runtimes=args.runtimes, listen=args.listen, etcd=args.etcd, capacity=args.capacity,
-                          data_dir=args.data_dir, mesh=args.mesh, metrics_listen=args.metrics_listen)
+                          data_dir=args.data_dir, mesh=args.mesh, metrics_listen=args.metrics_listen,
+                          runtime_args=("--allow-pickle",) if args.allow_pickle else ())
         try:
             await local.start()
             print(f"meshserve up: router on {local.endpoint}, {len(local.procs)} runtime(s), "

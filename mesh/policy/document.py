@@ -27,14 +27,26 @@ from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mesh.errors import InvalidArgument
 from mesh.policy import eviction as ev
 from mesh.policy import placement as pl
+from mesh.policy.adaptive import Adaptive, AdaptiveState
 
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-EVICTION_NAMES = ("lru", "lfu", "gdsf", "ttl")
+EVICTION_NAMES = ("lru", "lfu", "gdsf", "ttl", "adaptive")
 PLACEMENT_NAMES = ("rank", "spread", "pack")
 _SELECTOR = re.compile(r"^[A-Za-z0-9._/-]{1,63}=[A-Za-z0-9._/-]{0,63}$")
 
@@ -116,6 +128,37 @@ class TtlSpec(_EvictionBase):
     sweep_s: float | None = Field(None, gt=0)
 
 
+class AdaptiveSpec(_EvictionBase):
+    policy: Literal["adaptive"]
+    #: The window's share of the capacity at the frequency end (newcomers on probation).
+    window: float = Field(0.01, ge=0, le=0.8)
+    #: The window's share at the recency end of the climber (>= window; unset: max(window, 0.05)).
+    max_window: float | None = Field(None, ge=0, le=0.8)
+    #: Hill-climb memory and window on the hit ratio (false: keep the frequency end).
+    climb: bool = True
+    #: The sketch's longest memory: it halves its counts every this many requests
+    #: per loaded model (the climber may shorten it down to a sixteenth).
+    sample_factor: int = Field(64, ge=1, le=1000)
+    #: Counters per sketch row (4 rows, 1 byte each); a power of two, >= 4x the
+    #: models a runtime holds at once for few collisions.
+    sketch_width: int = Field(16384, ge=16, le=2**22)
+    #: A reload's cost: the measured load seconds, or 1 for every model.
+    cost: Literal["load_seconds", "one"] = "load_seconds"
+
+    @field_validator("sketch_width")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError(f"sketch_width must be a power of two, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _window_range(self) -> AdaptiveSpec:
+        if self.max_window is not None and self.max_window < self.window:
+            raise ValueError(f"max_window ({self.max_window:g}) must be at least window ({self.window:g})")
+        return self
+
+
 class CustomEvictionSpec(_EvictionBase):
     #: ``package.module:function``, called as ``function(view, needed, **params)``.
     policy: ImportPath
@@ -124,9 +167,11 @@ class CustomEvictionSpec(_EvictionBase):
 
 EvictionSpec = Annotated[
     Annotated[LruSpec, Tag("lru")] | Annotated[LfuSpec, Tag("lfu")] | Annotated[GdsfSpec, Tag("gdsf")]
-    | Annotated[TtlSpec, Tag("ttl")] | Annotated[CustomEvictionSpec, Tag("custom")],
+    | Annotated[TtlSpec, Tag("ttl")] | Annotated[AdaptiveSpec, Tag("adaptive")]
+    | Annotated[CustomEvictionSpec, Tag("custom")],
     Discriminator(_tagger(EVICTION_NAMES), custom_error_type="unknown_policy",
-                  custom_error_message="policy must be lru, lfu, gdsf, ttl or an import path 'package.module:function'"),
+                  custom_error_message="policy must be lru, lfu, gdsf, ttl, adaptive or an import path "
+                  "'package.module:function'"),
     BeforeValidator(_spec_from_name),
 ]
 
@@ -304,6 +349,12 @@ def eviction_policy(spec: Any) -> ev.EvictionPolicy:
         ttl = ev.Ttl(spec.idle_s, spec.sweep_s)
         return ev.EvictionPolicy("ttl", ttl, expired=ttl.expired, sweep_interval_s=ttl.sweep_interval_s,
                                  min_age_s=spec.min_age_s, params=params)
+    if isinstance(spec, AdaptiveSpec):
+        top = spec.max_window if spec.max_window is not None else max(spec.window, 0.05)
+        state = functools.partial(AdaptiveState, window=spec.window, max_window=top,
+                                  sample_factor=spec.sample_factor, sketch_width=spec.sketch_width, climb=spec.climb)
+        return ev.EvictionPolicy("adaptive", Adaptive(spec.cost), min_age_s=spec.min_age_s, params=params,
+                                 new_state=state)
     if isinstance(spec, CustomEvictionSpec):
         victims = _custom_victims(load_callable(spec.policy), spec.params)
         return ev.EvictionPolicy(spec.policy, victims, min_age_s=spec.min_age_s, params=params)
@@ -326,7 +377,7 @@ def placement_policy(spec: Any) -> pl.PlacementPolicy:
 
 
 def eviction_setting(value: Any) -> Any:
-    """``MESHSERVE_EVICTION_POLICY``: a name (``lru``, ``lfu``, ``gdsf``, ``ttl``,
+    """``MESHSERVE_EVICTION_POLICY``: a name (``lru``, ``lfu``, ``gdsf``, ``ttl``, ``adaptive``,
     ``package.module:function``) or a JSON spec -> an eviction spec (ValueError)."""
     if isinstance(value, str) and value.strip().startswith("{"):
         try:

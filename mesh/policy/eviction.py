@@ -23,6 +23,9 @@ that long ago.
   big, rarely used models go first.
 - ``ttl``: LRU when room is needed, and :func:`idle_expired` models (unused for
   ``idle_s``) are unloaded by the runtime's sweep even when the cache is not full.
+- ``adaptive``: W-TinyLFU-style admission over a small window, a frequency
+  sketch with aging and a hill-climbed window, size- and cost-aware
+  (:mod:`mesh.policy.adaptive`; its state rides in ``CacheView.state``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 MIB = float(2**20)
 
@@ -61,6 +65,12 @@ class CacheView:
     aging: float = 0.0
     #: Churn guard: models loaded less than this long ago are not victims (0: off).
     min_age_s: float = 0.0
+    #: The cache's capacity in bytes (0: unknown).
+    capacity: int = 0
+    #: Bytes of the model being made room for (0: unknown, take the bytes to free).
+    incoming_size: int = 0
+    #: The policy's own state (``EvictionPolicy.new_state``), read-only to the decision.
+    state: object = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +171,19 @@ def idle_expired(view: CacheView, idle_s: float) -> list[str]:
     return [e.model_id for e in sorted(old, key=lambda e: (e.last_used, e.model_id))]
 
 
+class PolicyState(Protocol):
+    """What a stateful policy keeps between decisions (``adaptive``'s sketch); the
+    cache owns it, feeds it every request and load, and passes it in the view."""
+
+    def record(self, model_id: str, resident: int, size: int = 0, capacity: int = 0, load_seconds: float = 0.0,
+               now: float = 0.0) -> None:
+        """A request for the model (hit or miss); ``resident``: models loaded now;
+        its bytes and load time, the cache's capacity, the clock."""
+
+    def missed(self, model_id: str) -> None:
+        """The model is being loaded."""
+
+
 @dataclass(frozen=True, slots=True)
 class EvictionPolicy:
     """A named, parameterised victim function, as the runtime applies it."""
@@ -173,6 +196,8 @@ class EvictionPolicy:
     #: Churn guard in seconds (0: off), applied when the mesh is full.
     min_age_s: float = 0.0
     params: dict[str, object] = field(default_factory=dict)
+    #: Makes the policy's state (None: stateless); kept while name and params stay.
+    new_state: Callable[[], PolicyState] | None = None
 
 
 LRU = EvictionPolicy("lru")

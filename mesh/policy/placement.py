@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+from mesh.model_types import canonical_model_type
 from mesh.policy.view import ClusterView, InstanceView, ModelView
 
 PlacementPolicy = Callable[[ClusterView, ModelView], list[str]]
@@ -140,6 +141,7 @@ def with_type_constraints(policy: PlacementPolicy, by_type: dict[str, dict[str, 
     ``require.*`` labels win on a conflict."""
     if not by_type:
         return policy
+    by_type = {canonical_model_type(t): labels for t, labels in by_type.items()}
 
     def constrained(view: ClusterView, model: ModelView) -> list[str]:
         extra = by_type.get(model.type)

@@ -23,7 +23,7 @@ from typing import Any
 
 from mesh.clock import Clock
 from mesh.errors import ResourceExhausted
-from mesh.policy.eviction import LRU, CacheView, EntryView, EvictionPolicy, candidates, lru_victims
+from mesh.policy.eviction import LRU, CacheView, EntryView, EvictionPolicy, PolicyState, candidates, lru_victims
 from mesh.runtime.inline import RunEstimate
 
 __all__ = ["Entry", "EntryView", "EvictionPolicy", "ModelCache", "lru_victims"]
@@ -69,9 +69,15 @@ class ModelCache:
         #: The policy's aging value (GreedyDual's L): only grows while the cache lives.
         self.aging = 0.0
         self._entries: dict[str, Entry] = {}
+        #: The policy's own state (``adaptive``'s sketch), fed every request and load.
+        self.policy_state: PolicyState | None = policy.new_state() if policy.new_state else None
 
     def set_policy(self, policy: EvictionPolicy) -> None:
-        """Swaps the eviction policy; loaded models keep their statistics."""
+        """Swaps the eviction policy; loaded models keep their statistics, and the
+        policy's state survives while its name and parameters stay the same."""
+        same = (policy.name, policy.params) == (self.policy.name, self.policy.params)
+        if not same or (self.policy_state is None) != (policy.new_state is None):
+            self.policy_state = policy.new_state() if policy.new_state else None
         self.policy = policy
 
     # -- reading -----------------------------------------------------------
@@ -97,10 +103,11 @@ class ModelCache:
     def oldest_lru_ms(self) -> int:
         return min((e.last_used_ms for e in self._entries.values() if e.loaded), default=0)
 
-    def view(self, *, exclude: str = "", min_age_s: float = 0.0) -> CacheView:
+    def view(self, *, exclude: str = "", min_age_s: float = 0.0, incoming_size: int = 0) -> CacheView:
         """The loaded models (but ``exclude``) as the policy sees them now."""
         entries = tuple(e.view() for e in self._entries.values() if e.loaded and e.model_id != exclude)
-        return CacheView(entries, self._clock.monotonic(), self.aging, min_age_s)
+        return CacheView(entries, self._clock.monotonic(), self.aging, min_age_s, self.capacity, incoming_size,
+                         self.policy_state)
 
     def expired(self) -> list[str]:
         """Models the policy's idle expiry says to unload now (``ttl``); [] for others."""
@@ -112,6 +119,12 @@ class ModelCache:
 
     def touch(self, entry: Entry) -> None:
         """A request used the model."""
+        if self.policy_state is not None:
+            self.policy_state.record(entry.model_id, len(self._entries), entry.size, self.capacity,
+                                     entry.load_seconds, self._clock.monotonic())
+        self._used(entry)
+
+    def _used(self, entry: Entry) -> None:
         entry.last_used = self._clock.monotonic()
         entry.last_used_ms = self._clock.now_ms()
         entry.uses += 1
@@ -127,6 +140,8 @@ class ModelCache:
         if model_id in self._entries:
             raise ValueError(f"{model_id} is already in the cache")
         victims = self._make_room(model_id, predicted, guard=mesh_full)
+        if self.policy_state is not None:
+            self.policy_state.missed(model_id)
         now = self._clock.monotonic()
         self._entries[model_id] = Entry(model_id, model_type, predicted, predicted, now, self._clock.now_ms())
         return victims
@@ -140,7 +155,7 @@ class ModelCache:
         victims = self._make_room(model_id, final - entry.size, exclude=model_id, what="its measured size needs")
         entry.size, entry.measured, entry.model, entry.loaded = final, measured, model, True
         entry.loaded_at, entry.load_seconds = self._clock.monotonic(), load_seconds
-        self.touch(entry)
+        self._used(entry)  # the load, not a request: the waiting request touches it next
         return victims
 
     def remove(self, model_id: str) -> Entry | None:
@@ -152,7 +167,7 @@ class ModelCache:
         if needed <= free:
             return []
         min_age = self.policy.min_age_s if guard else 0.0
-        view = self.view(exclude=exclude, min_age_s=min_age)
+        view = self.view(exclude=exclude, min_age_s=min_age, incoming_size=needed if not exclude else 0)
         chosen = self.policy.victims(view, needed - free)
         if chosen is not None and (set(chosen.victims) - {e.model_id for e in candidates(view)}
                                    or sum(self._entries[m].size for m in set(chosen.victims)) < needed - free):

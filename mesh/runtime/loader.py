@@ -96,7 +96,7 @@ class ModelManager:
     async def predict(self, model_id: str, model_type: str, path: str) -> int:
         """Conservative size without loading: local file bytes x factor + overhead, else the default."""
         validate_id(model_id)
-        self.backends.get(model_type)
+        backend = self.backends.get(model_type)
         entry = self.cache.get(model_id)
         if entry is not None and entry.loaded:
             return entry.size
@@ -112,8 +112,14 @@ class ModelManager:
             size = await asyncio.get_running_loop().run_in_executor(self._load_pool, disk_size, local)
         except OSError:
             return self._s.default_model_size
-        return predict_size(size, self._s.size_prediction_factor, self._s.size_overhead) if size \
+        return predict_size(size, self._s.size_prediction_factor, self._overhead(backend)) if size \
             else self._s.default_model_size
+
+    def _overhead(self, backend: Any) -> int:
+        """The fixed per-model cost in a prediction: the operator's MESHSERVE_SIZE_OVERHEAD
+        when set, else the backend's own (``size_overhead``), else the default."""
+        own = getattr(backend, "size_overhead", None)
+        return self._s.size_overhead if own is None or "size_overhead" in self._s.model_fields_set else int(own)
 
     # -- loading -----------------------------------------------------------
 
@@ -199,7 +205,7 @@ class ModelManager:
     ) -> int:
         """Reserves room (evicting), loads in a thread, commits the measured size.
         ``started``: when the load got its slot (the fetch is part of its cost)."""
-        predicted = max(predict_size(file_bytes, self._s.size_prediction_factor, self._s.size_overhead), 1)
+        predicted = max(predict_size(file_bytes, self._s.size_prediction_factor, self._overhead(backend)), 1)
         victims = self.cache.reserve(model_id, model_type, predicted, mesh_full=mesh_full)
         self._update_gauges()
         timeout = self._s.load_timeout_base_s + self._s.load_timeout_per_gb_s * predicted / 1e9
@@ -347,6 +353,14 @@ class ModelManager:
             self.cache.remove(e.model_id)
         await self._unload_entries(entries, reason)
         await asyncio.gather(*self._unload_tasks, return_exceptions=True)
+
+    async def warm_up_in_background(self, fn: Any) -> None:
+        """Runs ``fn`` (a backend's deferred import) in the load pool as if it were a
+        load: loads overlapping it are not charged for the memory it takes."""
+        try:
+            await self._in_thread(lambda: self._meter.measure(fn))
+        except Exception:  # noqa: BLE001 - a load that needs it reports the real error
+            log.exception("background warm-up of the model backends failed")
 
     async def settle(self, timeout_s: float) -> None:
         """Waits (bounded) for the threads of cancelled loads to finish and drop their models."""

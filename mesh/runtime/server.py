@@ -67,7 +67,7 @@ class RuntimeServer:
         self.settings = settings
         self._fetcher = fetcher
         self._clock = clock or SystemClock()
-        self._backends = backends or BackendRegistry.default(settings.intra_op_threads, settings.model_types)
+        self._backends = backends
         self.instance_id = settings.instance_id
         self.version = runtime_version()
         #: The entry point passes the metrics it also gave the fetcher (puller metrics).
@@ -80,6 +80,7 @@ class RuntimeServer:
         self._registration: Registration | None = None
         self._manager: ModelManager | None = None
         self._health = health.aio.HealthServicer()
+        self._late_warm_up: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -95,6 +96,7 @@ class RuntimeServer:
             except (RuntimeError, ValueError) as e:
                 raise FailedPrecondition(f"cannot derive the capacity: {e}") from None
         self._policy = RuntimePolicy(s, self.metrics)  # a bad --policy-file stops the start here
+        self._backends = await loop.run_in_executor(None, self._prepare_backends)
         self._store = EtcdStore(s.etcd, timeout_s=s.etcd_timeout_s, on_error=self.metrics.etcd_error)
         await self._store.start()
         metrics_endpoint = self.metrics.serve(s.metrics_listen) if s.metrics_listen else ""
@@ -150,8 +152,27 @@ class RuntimeServer:
         await registration.start()
         self.ready = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        # Slow imports no first request needs at once (skops) go on after ready.
+        self._late_warm_up = loop.create_task(self._manager.warm_up_in_background(self._backends.warm_up_later))
         log.info("runtime %s serving on %s (capacity %d bytes, device %s, metrics %s)",
                  self.instance_id, self.endpoint, capacity, s.device, metrics_endpoint or "off")
+
+    def _prepare_backends(self) -> BackendRegistry:
+        """The backends (imports each library; those that do not import are left out)."""
+        s = self.settings
+        backends = self._backends
+        if backends is None:
+            try:
+                backends = BackendRegistry.default(
+                    s.intra_op_threads, s.model_types, allow_pickle=s.allow_pickle,
+                    skops_trusted_types=s.skops_trusted_types, custom_model_types=s.custom_model_types)
+            except ValueError as e:  # a custom_model_types entry that does not import
+                raise FailedPrecondition(str(e)) from None
+        backends.prepare()
+        if not backends.model_types:
+            raise FailedPrecondition("no model type can be served: none of their libraries imports "
+                                     "(pip install 'meshserve[cpu]')")
+        return backends
 
     def _stats(self) -> RuntimeStats:
         m = self._manager
@@ -168,6 +189,8 @@ class RuntimeServer:
         """Drains and deregisters; safe to call after a partial start."""
         self.ready = False
         grace = self.settings.shutdown_grace_s
+        if self._late_warm_up is not None:
+            self._late_warm_up.cancel()
         if self._manager is not None:
             self._manager.accepting = False
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)

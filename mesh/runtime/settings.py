@@ -88,10 +88,25 @@ class RuntimeSettings(CommonSettings):
     labels: Labels = {}
     #: Failure zone (rack, availability zone) placement spreads copies over.
     zone: str = ""
-    #: Model types this runtime loads (``onnx``, ``pytorch``), advertised in the
-    #: instance record. Leaving ``pytorch`` out saves ~190 MB of resident memory
-    #: (torch is imported at start so its cost is not charged to the first model).
-    model_types: NameList = ("onnx", "pytorch")
+    #: Model types this runtime loads (``onnx``, ``pytorch``, ``sklearn``, ``xgboost``,
+    #: ``lightgbm``, installed plugins' names; any case, KServe's aliases), advertised
+    #: in the instance record. Empty (the default): every built-in type and installed
+    #: plugin whose library imports. Each library is imported at start (skops right
+    #: after ready, in the background) so its cost is not charged to the first model:
+    #: leaving ``pytorch`` out saves ~190 MB resident (unless ``sklearn`` is served:
+    #: skops imports torch's array-API shim).
+    model_types: NameList = ()
+    #: Load pickle-based scikit-learn files (``.joblib``, ``.pkl``, ``.pickle``).
+    #: Unpickling runs any code the file's author put in it, so it is off: turn it on
+    #: only where every model source is trusted, or save models as ``.skops``.
+    allow_pickle: bool = False
+    #: Types skops may load beyond those it trusts by default, e.g.
+    #: ``sklearn.tree._tree.Tree`` for tree ensembles (review each one: skops says why
+    #: it does not trust them).
+    skops_trusted_types: NameList = ()
+    #: ``package.module:Class`` custom model types (CustomModel subclasses) this
+    #: runtime may load; each is imported at start, and one that does not import stops it.
+    custom_model_types: NameList = ()
     #: TTL of the instance's etcd lease: a killed runtime's keys vanish this long
     #: after its last refresh.
     lease_ttl_s: int = 10
@@ -123,7 +138,7 @@ class RuntimeSettings(CommonSettings):
     #: Instance-record updates are coalesced: at most one write per this interval.
     record_interval_s: float = 1.0
     #: Eviction policy when the policy document sets none for this runtime: ``lru``,
-    #: ``lfu``, ``gdsf``, ``ttl``, ``package.module:function``, or a JSON spec such as
+    #: ``lfu``, ``gdsf``, ``ttl``, ``adaptive``, ``package.module:function``, or a JSON spec such as
     #: ``{"policy": "ttl", "idle_s": 60}`` (README "Policies").
     eviction_policy: EvictionSetting = Field(default="lru", validate_default=True)
     #: A policy document (JSON or YAML) used while the registry's ``config/policy``
@@ -163,9 +178,25 @@ class RuntimeSettings(CommonSettings):
     @field_validator("model_types")
     @classmethod
     def _types(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = set(v) - {"onnx", "pytorch"}
-        if unknown or not v:
-            raise ValueError(f"model_types must be a non-empty subset of onnx, pytorch; got {', '.join(v) or 'none'}")
+        from mesh.model_types import BUILTIN_TYPES, canonical_model_type
+        from mesh.runtime.backends.plugin import installed_plugins
+
+        names = tuple(canonical_model_type(t) for t in v)
+        known = (*BUILTIN_TYPES, *installed_plugins())
+        unknown = [t for t in names if t not in known]
+        if unknown:
+            raise ValueError(f"unknown model type {', '.join(unknown)}: model_types are {', '.join(known)} "
+                             "(custom module:Class types go in custom_model_types)")
+        return names
+
+    @field_validator("custom_model_types")
+    @classmethod
+    def _custom(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from mesh.model_types import is_class_path
+
+        bad = [t for t in v if not is_class_path(t)]
+        if bad:
+            raise ValueError(f"custom model types are written package.module:Class; got {', '.join(bad)}")
         return v
 
     @field_validator("size_prediction_factor")

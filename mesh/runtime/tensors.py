@@ -103,9 +103,10 @@ def _fmt_shape(shape: tuple[int, ...] | list[int]) -> str:
 
 
 def _check_header(model: str, spec: TensorSpec, datatype: str, shape: tuple[int, ...]) -> None:
-    if datatype != spec.datatype:
+    if datatype != spec.datatype and datatype not in spec.accepts:
+        wanted = " or ".join((spec.datatype, *spec.accepts))
         raise InvalidArgument(
-            f"model {model!r} input {spec.name!r}: expected datatype {spec.datatype}, got {datatype or '(none)'}"
+            f"model {model!r} input {spec.name!r}: expected datatype {wanted}, got {datatype or '(none)'}"
         )
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"model {model!r} input {spec.name!r}: shape {_fmt_shape(shape)} has a negative dimension")
@@ -170,14 +171,16 @@ def decode_inputs(request: Any, signature: Signature, model: str) -> dict[str, n
     out: dict[str, np.ndarray] = {}
     for i, tensor in enumerate(request.inputs):
         spec = signature.input(tensor.name)
+        if spec is None and signature.any_input_name and len(signature.inputs) == 1 == len(request.inputs):
+            spec = signature.inputs[0]
         if spec is None:
             known = ", ".join(repr(t.name) for t in signature.inputs)
             raise InvalidArgument(f"model {model!r} has no input {tensor.name!r} (its inputs: {known})")
-        if tensor.name in out:
+        if spec.name in out:
             raise InvalidArgument(f"model {model!r}: input {tensor.name!r} is given twice")
         shape = tuple(int(d) for d in tensor.shape)
         _check_header(model, spec, tensor.datatype, shape)
-        dtype = DATATYPES.get(spec.datatype, _OBJECT)
+        dtype = DATATYPES.get(tensor.datatype, _OBJECT)
         count = int(np.prod(shape, dtype=np.int64)) if shape else 1
         if raw:
             if tensor.HasField("contents"):
@@ -186,36 +189,36 @@ def decode_inputs(request: Any, signature: Signature, model: str) -> dict[str, n
                     "raw_input_contents; send every input one way"
                 )
             data = raw[i]
-            if spec.datatype == BYTES:
-                out[tensor.name] = unpack_bytes(data, count, f"model {model!r} input {tensor.name!r}").reshape(shape)
+            if tensor.datatype == BYTES:
+                out[spec.name] = unpack_bytes(data, count, f"model {model!r} input {tensor.name!r}").reshape(shape)
                 continue
             if len(data) != count * dtype.itemsize:
                 raise InvalidArgument(
-                    f"model {model!r} input {tensor.name!r}: shape {_fmt_shape(shape)} of {spec.datatype} needs "
+                    f"model {model!r} input {tensor.name!r}: shape {_fmt_shape(shape)} of {tensor.datatype} needs "
                     f"{count * dtype.itemsize} bytes of raw contents, got {len(data)}"
                 )
-            out[tensor.name] = np.frombuffer(data, dtype=dtype).reshape(shape)
+            out[spec.name] = np.frombuffer(data, dtype=dtype).reshape(shape)
         else:
-            out[tensor.name] = _typed(model, tensor, spec, dtype, shape, count)
+            out[spec.name] = _typed(model, tensor, tensor.datatype, dtype, shape, count)
     missing = [t.name for t in signature.inputs if t.name not in out]
     if missing:
         raise InvalidArgument(f"model {model!r}: missing input {', '.join(repr(m) for m in missing)}")
     return out
 
 
-def _typed(model: str, tensor: Any, spec: TensorSpec, dtype: np.dtype[Any], shape: tuple[int, ...],
+def _typed(model: str, tensor: Any, datatype: str, dtype: np.dtype[Any], shape: tuple[int, ...],
            count: int) -> np.ndarray:
-    field = _CONTENTS_FIELD.get(spec.datatype)
+    field = _CONTENTS_FIELD.get(datatype)
     if field is None:
         raise InvalidArgument(
-            f"model {model!r} input {tensor.name!r}: {spec.datatype} has no typed contents field in KServe V2; "
+            f"model {model!r} input {tensor.name!r}: {datatype} has no typed contents field in KServe V2; "
             "send it in raw_input_contents"
         )
     values = getattr(tensor.contents, field)
     for other in _CONTENTS_FIELD.values():
         if other != field and len(getattr(tensor.contents, other)):
             raise InvalidArgument(
-                f"model {model!r} input {tensor.name!r}: {spec.datatype} data belongs in contents.{field}, "
+                f"model {model!r} input {tensor.name!r}: {datatype} data belongs in contents.{field}, "
                 f"got contents.{other}"
             )
     if len(values) != count:
@@ -223,7 +226,7 @@ def _typed(model: str, tensor: Any, spec: TensorSpec, dtype: np.dtype[Any], shap
             f"model {model!r} input {tensor.name!r}: shape {_fmt_shape(shape)} needs {count} values in "
             f"contents.{field}, got {len(values)}"
         )
-    if spec.datatype == BYTES:
+    if datatype == BYTES:
         arr = np.empty(count, dtype=object)
         arr[:] = list(values)
         return arr.reshape(shape)
@@ -232,7 +235,7 @@ def _typed(model: str, tensor: Any, spec: TensorSpec, dtype: np.dtype[Any], shap
         info = np.iinfo(dtype)
         if arr.min() < info.min or arr.max() > info.max:
             raise InvalidArgument(
-                f"model {model!r} input {tensor.name!r}: values outside the range of {spec.datatype}"
+                f"model {model!r} input {tensor.name!r}: values outside the range of {datatype}"
             )
     return arr.astype(dtype, copy=False).reshape(shape)
 

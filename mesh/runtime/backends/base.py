@@ -24,12 +24,17 @@ class TensorSpec:
     datatype: str
     #: -1 for a dynamic dimension.
     shape: tuple[int, ...]
+    #: Other datatypes an input takes as they are (the tabular backends take FP64 beside FP32).
+    accepts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Signature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    #: A model with one input takes it under any name (MLServer and KServe clients
+    #: call a scikit-learn model's input "predict", "input-0"...).
+    any_input_name: bool = False
 
     def input(self, name: str) -> TensorSpec | None:
         return next((t for t in self.inputs if t.name == name), None)
@@ -67,16 +72,19 @@ class Backend(Protocol):
         ...
 
 
-def find_model_file(model_id: str, path: Path, suffixes: tuple[str, ...], preferred: str) -> Path:
-    """The model file itself: ``path``, or inside a folder ``preferred``, else the
-    one file with a known suffix (Triton's ``<name>/1/model.onnx`` layout works)."""
+def find_model_file(model_id: str, path: Path, suffixes: tuple[str, ...], preferred: str | tuple[str, ...]) -> Path:
+    """The model file itself: ``path``, or inside a folder ``preferred`` (the first
+    of several that exists), else the one file with a known suffix (Triton's
+    ``<name>/1/model.onnx`` and KServe's ``model/model.joblib`` layouts work)."""
     if path.is_file():
         return path
     if not path.is_dir():
         raise ModelLoadFailed(f"model {model_id!r}: {path} is neither a file nor a folder")
-    direct = path / preferred
-    if direct.is_file():
-        return direct
+    names = (preferred,) if isinstance(preferred, str) else preferred
+    for name in names:
+        if (path / name).is_file():
+            return path / name
+    preferred = names[0]
     found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in suffixes)
     if len(found) == 1:
         return found[0]

@@ -79,6 +79,9 @@ class OnnxBackend:
     def __init__(self, intra_op_threads: int = 1) -> None:
         self._threads = intra_op_threads
 
+    def available(self) -> None:
+        import onnxruntime  # noqa: F401
+
     def warm_up(self, device: str) -> None:
         """Pays ONNX Runtime's one-time costs (library, environment, ~10 MB) before
         the first real load, so they are not charged to that model."""

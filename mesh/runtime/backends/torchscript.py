@@ -92,6 +92,9 @@ class TorchScriptBackend:
     def __init__(self, intra_op_threads: int = 1) -> None:
         self._threads = intra_op_threads
 
+    def available(self) -> None:
+        import torch  # noqa: F401
+
     def warm_up(self, device: str) -> None:
         """Imports torch (and creates the CUDA context) before the first real load,
         so those hundreds of MB are not charged to that model."""
