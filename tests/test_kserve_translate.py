@@ -221,6 +221,7 @@ def test_support_reasons_as_modelmesh_reports_them() -> None:
         pl.NO_SUPPORTING_RUNTIME
     assert pl.support(need, {}, [inst("a", types=("onnx",))]).reason == pl.NO_SUPPORTING_RUNTIME
     assert pl.support(need, {}, [inst("a", types=("sklearn",))]).reason == ""
+    assert pl.support(pl.Need("scikit-learn"), {}, [inst("a", types=("sklearn",))]).reason == ""
     assert pl.support(pl.Need("onnx", "1", "nope"), triton, [inst("a")]).reason == pl.RUNTIME_NOT_RECOGNIZED
     waiting = pl.support(pl.Need("onnx", "1", "triton-runtime"), triton, [inst("a")])
     assert waiting.reason == pl.RUNTIME_UNHEALTHY and waiting.waiting and "runtime=triton-runtime" in waiting.message

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from mesh.kserve.resources import SERVING_RUNTIME, InferenceService, ServingRuntime
 from mesh.kserve.translate import FORMAT_LABEL, FORMAT_VERSION_LABEL, REQUIRE_RUNTIME, RUNTIME_LABEL
+from mesh.model_types import canonical_model_type
 from mesh.policy.placement import PlacementPolicy
 from mesh.policy.view import ClusterView, InstanceView, ModelView
 
@@ -81,7 +82,8 @@ def _serves(sr: ServingRuntime, need: Need, *, auto_only: bool) -> bool:
 
 
 def _can_load(inst: InstanceView, need: Need) -> bool:
-    return not inst.model_types or need.format in inst.model_types
+    # Runtimes advertise canonical type names; a format may be spelled otherwise (scikit-learn).
+    return not inst.model_types or canonical_model_type(need.format) in inst.model_types
 
 
 def hosts(need: Need, runtimes: Runtimes, instances: Iterable[InstanceView]) -> list[InstanceView]:
