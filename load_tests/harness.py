@@ -38,6 +38,8 @@ class Mesh:
     #: a given ``--target`` so a rerun neither collides with nor reuses an earlier run's models.
     tag: str = ""
     work_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="loadtest-")))
+    #: The router's REST HOST:PORT ("" unless the scenario asked for REST).
+    rest_target: str = ""
 
     def channel(self) -> grpc.aio.Channel:
         return grpc.aio.insecure_channel(self.target, options=GRPC_OPTIONS)
@@ -46,6 +48,7 @@ class Mesh:
 def add_mesh_arguments(p: argparse.ArgumentParser, *, runtimes: int = 2, capacity: str = "") -> None:
     p.add_argument("--target", help="router HOST:PORT of a running mesh (default: start a local one)")
     p.add_argument("--router-metrics", default="", help="router /metrics HOST:PORT when --target is given")
+    p.add_argument("--rest-target", default="", help="router REST HOST:PORT when --target is given (REST scenarios)")
     p.add_argument("--runtimes", type=int, default=runtimes, help="local mesh: runtime processes")
     p.add_argument("--capacity", default=capacity, help="local mesh: model memory per runtime, e.g. 64Mi")
     p.add_argument("--out", default="", help="results folder (default load_tests/results/<scenario>)")
@@ -54,11 +57,12 @@ def add_mesh_arguments(p: argparse.ArgumentParser, *, runtimes: int = 2, capacit
 
 @asynccontextmanager
 async def open_mesh(args: argparse.Namespace, *, runtimes: int | None = None, capacity: str | None = None,
-                    runtime_env: dict[str, str] | None = None) -> AsyncIterator[Mesh]:
+                    runtime_env: dict[str, str] | None = None, rest: bool = False) -> AsyncIterator[Mesh]:
     """The given ``--target``, or a local mesh (etcd + runtimes + a router *process*, so the
     router never shares this client's interpreter), stopped on exit."""
     if args.target:
-        mesh = Mesh(args.target, args.router_metrics, tag=f"lt{uuid.uuid4().hex[:8]}-")
+        mesh = Mesh(args.target, args.router_metrics, tag=f"lt{uuid.uuid4().hex[:8]}-",
+                    rest_target=getattr(args, "rest_target", ""))
         try:
             yield mesh
         finally:
@@ -69,11 +73,11 @@ async def open_mesh(args: argparse.Namespace, *, runtimes: int | None = None, ca
     local = LocalMesh(runtimes=args.runtimes if runtimes is None else runtimes,
                       listen=f"127.0.0.1:{free_port()}", capacity=(args.capacity if capacity is None else capacity)
                       or None, data_dir=work / "mesh", metrics_listen=metrics, runtime_env=runtime_env or {},
-                      router_process=True)
+                      router_process=True, rest_listen=f"127.0.0.1:{free_port()}" if rest else "")
     ok = False
     try:
         await local.start()
-        yield Mesh(local.endpoint, metrics, local, work_dir=work)
+        yield Mesh(local.endpoint, metrics, local, work_dir=work, rest_target=local.rest_endpoint)
         ok = True
     finally:
         await local.stop()

@@ -75,6 +75,12 @@ class ResourceExhausted(MeshError):
     retryable = True
 
 
+class MessageTooLarge(ResourceExhausted):
+    """A request body over the configured message limit (HTTP 413 on REST)."""
+
+    retryable = False
+
+
 class Unavailable(MeshError):
     """A dependency (etcd, a runtime, storage) cannot be reached right now."""
 

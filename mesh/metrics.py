@@ -2,7 +2,8 @@
 
 Each process keeps its metrics on its own explicit registry (never the global
 one) and serves them on ``--metrics-listen``. Shared here: the request families
-(``meshserve_requests_total{method,code}``, ``meshserve_request_seconds{method}``),
+(``meshserve_requests_total{method,code}``, ``meshserve_request_seconds{method}``; the
+router adds ``protocol`` = grpc|rest to both),
 etcd operation errors, the policy in effect, per-model request counts (only
 when the process's ``metrics_per_model`` setting is on: thousands of models
 would otherwise mean thousands of series) and the /metrics HTTP server.
@@ -23,15 +24,19 @@ from mesh.settings import parse_host_port
 
 
 class MetricsBase:
-    def __init__(self, request_buckets: Sequence[float], *, per_model: bool = False) -> None:
+    def __init__(self, request_buckets: Sequence[float], *, per_model: bool = False,
+                 protocols: bool = False) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.per_model = per_model
-        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        #: The request families carry a ``protocol`` label (a process with several front doors).
+        self.protocols = protocols
+        extra = ["protocol"] if protocols else []
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self.requests = Counter("meshserve_requests", "Requests handled, by gRPC method and status code.",
-                                ["method", "code"], registry=r)
+                                ["method", "code", *extra], registry=r)
         self.request_seconds = Histogram("meshserve_request_seconds", "Request latency, by gRPC method.",
-                                         ["method"], buckets=tuple(request_buckets), registry=r)
+                                         ["method", *extra], buckets=tuple(request_buckets), registry=r)
         self.etcd_errors = Counter("meshserve_etcd_errors", "Registry (etcd) operations that failed, by operation.",
                                    ["op"], registry=r)
         self.policy_revision = Gauge("meshserve_policy_revision",
@@ -50,19 +55,22 @@ class MetricsBase:
         self._server: Any = None
         self.endpoint = ""
 
-    def observe_request(self, method: str, code: str, seconds: float, model_id: str = "") -> None:
+    def observe_request(self, method: str, code: str, seconds: float, model_id: str = "",
+                        protocol: str = "grpc") -> None:
         # Label lookups take a lock and build a key: keep the children (hot path).
-        key = (method, code)
+        key = (method, code, protocol)
         children = self._children.get(key)
         if children is None:
-            children = self._children[key] = (self.requests.labels(method, code), self.request_seconds.labels(method))
+            extra = (protocol,) if self.protocols else ()
+            children = self._children[key] = (self.requests.labels(method, code, *extra),
+                                              self.request_seconds.labels(method, *extra))
         children[0].inc()
         children[1].observe(seconds)
         if self.model_requests is not None and model_id:
             self.model_requests.labels(model_id, code).inc()
 
     @contextmanager
-    def track(self, method: str, model_of: Callable[[], str] = lambda: "") -> Iterator[None]:
+    def track(self, method: str, model_of: Callable[[], str] = lambda: "", protocol: str = "grpc") -> Iterator[None]:
         """Counts and times one request by its outcome (the status code a MeshError
         maps to, INTERNAL for anything else). ``model_of`` names the model, asked
         only when per-model series are on."""
@@ -77,7 +85,8 @@ class MetricsBase:
             code = "INTERNAL"
             raise
         finally:
-            self.observe_request(method, code, time.perf_counter() - started, model_of() if self.per_model else "")
+            self.observe_request(method, code, time.perf_counter() - started, model_of() if self.per_model else "",
+                                 protocol)
 
     def etcd_error(self, op: str) -> None:
         self.etcd_errors.labels(op).inc()

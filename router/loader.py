@@ -126,7 +126,11 @@ class Loader:
             return loaded[0]
         task = self._inflight.get(model_id)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._load_one(model_id, deadline, add_copy=False))
+            # The load is shared by every request that waits for it: it runs to the load
+            # timeout, not to the deadline of whichever request happened to start it (a
+            # 1 ms request would fail it for all); each waiter gives up at its own deadline.
+            load_deadline = max(deadline, self._clock.monotonic() + self._s.load_timeout_s)
+            task = asyncio.get_running_loop().create_task(self._load_one(model_id, load_deadline, add_copy=False))
             self._inflight[model_id] = task
 
             def forget(t: asyncio.Task[str], m: str = model_id) -> None:

@@ -48,7 +48,8 @@ class CopiesCollector(Collector):
 
 class RouterMetrics(MetricsBase):
     def __init__(self, *, per_model: bool = False) -> None:
-        super().__init__(LATENCY_BUCKETS, per_model=per_model)
+        # protocol = grpc | rest: the router has two front doors (README "REST").
+        super().__init__(LATENCY_BUCKETS, per_model=per_model, protocols=True)
         r = self.registry
         self.hits = Counter("meshserve_cache_hits", "Inference requests that found a loaded copy.", registry=r)
         self.misses = Counter("meshserve_cache_misses", "Inference requests that had to wait for a load.",

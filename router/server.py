@@ -1,4 +1,4 @@
-"""The router process: one gRPC port for management, admin and inference."""
+"""The router process: one gRPC port for management, admin and inference, and a REST port."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from router.forward import Forwarder
 from router.kserve.index import ResourceIndex
 from router.kserve.service import KServeService
 from router.frontdoor import SERVICE as V2_SERVICE
-from router.frontdoor import FrontDoor
+from router.core import InferenceCore
+from router.frontdoor import VERSION, FrontDoor
 from mesh.registry import records as rec
 from router.loader import Loader, active_failures
 from router.management import Management
@@ -33,6 +34,7 @@ from router.policy import RouterPolicy, tuned
 from router.runtimes import RuntimeClients
 from router.scaler import Scaler
 from router.settings import RouterSettings
+from router.rest.app import RestServer
 from router.splits import SplitChooser
 from router.table import RoutingTable
 
@@ -73,6 +75,9 @@ class RouterServer:
         self.admin = Admin(self.registry, self.table, self.clock, self.management.status, self.policy.live,
                            vmodels=self.management.vmodels, kserve=self.kserve)
         self.frontdoor = FrontDoor(self.forwarder, self.table, settings.default_timeout_s, self.metrics)
+        #: What front doors other than gRPC (REST) call into.
+        self.core = InferenceCore(self.forwarder, self.table, self.clock, settings.default_timeout_s, self.metrics)
+        self.rest: RestServer | None = None
         self.scaler = Scaler(settings, self.table, self.loader, self.forwarder, self.management,
                              self.runtimes, self.clock)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
@@ -85,9 +90,15 @@ class RouterServer:
         host = self.settings.listen.rpartition(":")[0]
         return f"{host}:{self.port}"
 
+    @property
+    def rest_endpoint(self) -> str:
+        """HOST:PORT of the REST listener ("" when there is none)."""
+        return self.rest.endpoint if self.rest is not None else ""
+
     def _public_urls(self) -> tuple[str, str]:
         """gRPC and REST URLs shown in InferenceService statuses."""
-        return (self.settings.public_grpc_url or f"grpc://{self.endpoint}", self.settings.public_rest_url)
+        rest = self.settings.public_rest_url or (f"http://{self.rest_endpoint}" if self.rest_endpoint else "")
+        return (self.settings.public_grpc_url or f"grpc://{self.endpoint}", rest)
 
     async def start(self) -> None:
         await self.store.start()
@@ -110,6 +121,14 @@ class RouterServer:
             raise OSError(f"cannot listen on {self.settings.listen}")
         await server.start()
         self._server = server
+        if self.settings.rest_listen:
+            rest = RestServer(self.core, self.settings.rest_listen, self.settings.max_message_bytes, VERSION)
+            try:
+                await rest.start()
+            except OSError:
+                await server.stop(0)
+                raise
+            self.rest = rest
         m = self.metrics
         m.registered.set_function(lambda: len(self.mirror.models))
         m.instances.set_function(lambda: len(self.mirror.instances))
@@ -122,8 +141,9 @@ class RouterServer:
         self.tasks.spawn(self.scaler.run(), "scaler")
         self.management.vmodels.resume()
         self.frontdoor.set_ready(True)
+        self.core.set_ready(True)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("router serving on %s", self.endpoint)
+        log.info("router serving on %s%s", self.endpoint, f", REST on {self.rest_endpoint}" if self.rest else "")
 
     def _loaded_copies(self) -> dict[str, int]:
         copies = self.mirror.copies
@@ -140,9 +160,14 @@ class RouterServer:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         self.frontdoor.set_ready(False)
+        self.core.set_ready(False)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        if self._server is not None:
-            await self._server.stop(grace_s)
+        # Both doors drain at once: in-flight REST requests still need the runtime clients.
+        doors = [self._server.stop(grace_s)] if self._server is not None else []
+        if self.rest is not None:
+            doors.append(self.rest.stop())
+        await asyncio.gather(*doors)
+        self.rest = None
         await self.tasks.close()
         await self.mirror.stop()
         await self.runtimes.close()

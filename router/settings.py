@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from mesh.settings import ByteSize, CommonSettings
+from pydantic import field_validator
+
+from mesh.settings import ByteSize, CommonSettings, check_host_port
 
 
 class RouterSettings(CommonSettings):
     #: Where the front door listens (management + inference on one port).
     listen: str = "127.0.0.1:8033"
+    #: Where the REST front door (KServe V1 + V2 REST) listens; "" = no REST listener.
+    #: ``meshserve router`` defaults it to 0.0.0.0:8008 and ``meshserve up`` to
+    #: 127.0.0.1:8008; a router built in code (tests, embedding) has none unless asked.
+    rest_listen: str = ""
     #: Prometheus metrics HOST:PORT; unset = no metrics endpoint.
     metrics_listen: str | None = None
     #: Deadline for inference requests that arrive without one, in seconds.
@@ -25,7 +31,7 @@ class RouterSettings(CommonSettings):
     idle_copy_s: float = 300.0
     #: How often copy scaling and the janitor run, in seconds.
     scale_interval_s: float = 10.0
-    #: Largest request or response message, in bytes.
+    #: Largest request or response message, in bytes (gRPC messages and REST bodies).
     max_message_bytes: ByteSize = 256 * 2**20
     #: Attempts for one inference (other copies, reloads) within its deadline.
     max_attempts: int = 4
@@ -39,7 +45,13 @@ class RouterSettings(CommonSettings):
     #: sending ``mm-split-key`` get a draw fixed by that key instead.
     split_seed: int | None = None
     #: URLs an InferenceService's status shows clients (``status.url``,
-    #: ``components.predictor.grpcUrl`` / ``restUrl``); "" = ``grpc://<listen>`` and,
-    #: while REST is off, no REST URL. Set them to the address behind a load balancer.
+    #: ``components.predictor.grpcUrl`` / ``restUrl``); "" = ``grpc://<listen>`` and
+    #: ``http://<rest listen>`` (none while REST is off). Set them to the address behind a
+    #: load balancer.
     public_grpc_url: str = ""
     public_rest_url: str = ""
+
+    @field_validator("rest_listen")
+    @classmethod
+    def _check_rest_listen(cls, v: str) -> str:
+        return check_host_port(v, "rest-listen address") if v else v

@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-exec .venv/bin/meshserve up --demo --runtimes 2 --capacity 16Mi --listen 127.0.0.1:0 "$@"
+exec .venv/bin/meshserve up --demo --runtimes 2 --capacity 16Mi --listen 127.0.0.1:0 --rest-listen 127.0.0.1:0 "$@"

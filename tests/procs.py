@@ -36,6 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 READY = re.compile(r"^runtime (\S+) ready on (\S+)$")
+ROUTER_READY = re.compile(r"^router ready on (\S+)(?: \(REST on (\S+)\))?$")
 _counter = itertools.count(1)
 
 
@@ -128,6 +129,33 @@ def start_runtime(
         # Never the user's ~/.cache: each test runtime gets a fresh model cache.
         args += ["--cache-dir", tempfile.mkdtemp(prefix="meshserve-test-cache-")]
     args += list(extra_args)
+    process, m = _spawn(args, env, log_path, READY, "runtime", ready_timeout_s)
+    return RuntimeProc(process, m.group(2), m.group(1), log_path)
+
+
+class RouterProc(RuntimeProc):
+    """A ``meshserve router`` process; ``endpoint`` is gRPC, ``rest_endpoint`` REST ("" if off)."""
+
+    def __init__(self, process: subprocess.Popen[str], endpoint: str, rest_endpoint: str, log_path: Path) -> None:
+        super().__init__(process, endpoint, "router", log_path)
+        self.rest_endpoint = rest_endpoint
+
+
+def start_router(etcd_endpoint: str, mesh: str, *, extra_args: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None, ready_timeout_s: float = 60.0) -> RouterProc:
+    """Starts ``meshserve router --listen 127.0.0.1:0 --rest-listen 127.0.0.1:0`` (override with
+    ``extra_args``); returns once it prints its ready line. Same thread rule as start_runtime."""
+    log_folder = Path(tempfile.gettempdir()) / "meshserve-test-logs"
+    log_folder.mkdir(parents=True, exist_ok=True)
+    log_path = log_folder / f"router-{os.getpid()}-{next(_counter)}.log"
+    args = [sys.executable, "-m", "mesh.cli", "router", "--listen", "127.0.0.1:0", "--rest-listen", "127.0.0.1:0",
+            "--etcd", etcd_endpoint, "--mesh", mesh, *extra_args]
+    process, m = _spawn(args, env, log_path, ROUTER_READY, "router", ready_timeout_s)
+    return RouterProc(process, m.group(1), m.group(2) or "", log_path)
+
+
+def _spawn(args: list[str], env: Mapping[str, str] | None, log_path: Path, ready: re.Pattern[str], what: str,
+           ready_timeout_s: float) -> tuple[subprocess.Popen[str], re.Match[str]]:
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=log_file,
@@ -147,13 +175,13 @@ def start_runtime(
             if not line:
                 break
             seen.append(line)
-            m = READY.match(line.strip())
+            m = ready.match(line.strip())
             if m:
-                return RuntimeProc(process, m.group(2), m.group(1), log_path)
+                return process, m
     process.kill()
     process.wait()
     log = log_path.read_text(errors="replace")
     raise RuntimeError(
-        f"runtime did not become ready within {ready_timeout_s}s (exit code {process.returncode}); "
+        f"{what} did not become ready within {ready_timeout_s}s (exit code {process.returncode}); "
         f"stdout: {''.join(seen)!r}\nlog {log_path}:\n{log[-4000:]}"
     )

@@ -26,7 +26,7 @@ DOCUMENTED_FLAGS = {
     "runtime": {"--listen", "--etcd", "--mesh", "--capacity", "--cache-dir", "--storage-config",
                 "--metrics-listen", "--device", "--advertise", "--instance-id", "--labels", "--zone",
                 "--policy-file", "--eviction-policy"},
-    "router": {"--listen", "--etcd", "--mesh", "--metrics-listen", "--policy-file"},
+    "router": {"--listen", "--etcd", "--mesh", "--metrics-listen", "--policy-file", "--rest-listen"},
 }
 #: (module, class) of each process's settings.
 SETTINGS_CLASSES = {
@@ -134,7 +134,7 @@ def test_args_parse_with_the_meshserve_parser(variant: str, index: int) -> None:
 def test_flag_values_are_well_formed(variant: str, index: int) -> None:
     _, _, _, container = container_case(variant, index)
     flags = flag_values(container["args"])
-    for flag in ("--listen", "--metrics-listen", "--advertise", "--etcd"):
+    for flag in ("--listen", "--metrics-listen", "--advertise", "--etcd", "--rest-listen"):
         if flag in flags:
             parse_host_port(flags[flag], what=flag)
     if "--device" in flags:
@@ -182,6 +182,8 @@ def test_ports_agree_across_args_probes_and_services(variant: str, index: int) -
     listen = parse_host_port(flags["--listen"])[1]
     assert listen == ports["grpc"] == DEFAULT_PORTS[process]
     assert parse_host_port(flags["--metrics-listen"])[1] == ports["metrics"]
+    if process == "router":  # KServe's REST port (issue #11)
+        assert parse_host_port(flags["--rest-listen"])[1] == ports["http"] == 8008
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] in (listen, "grpc")
     advertise = env_values(objs, container).get("MESHSERVE_ADVERTISE", flags.get("--advertise"))

@@ -4,7 +4,7 @@ ONNX models over gRPC (KServe V2 by vmodel name): apply an InferenceService, inf
 re-apply (nothing changes), change its storageUri under traffic (a transition, no
 failed request), delete it; a ServingRuntime pins placement to labelled runtimes;
 a format nothing supports is FailedToLoad / NoSupportingRuntime; a restarted router
-still knows every resource.
+still knows every resource. Then the seed's sklearn-iris over S3 and REST (curl).
 """
 
 from __future__ import annotations

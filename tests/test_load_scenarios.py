@@ -147,3 +147,13 @@ def test_churn_cost_smoke(tmp_path: Path) -> None:
     for kind in ("router", "runtime", "etcd"):
         assert s["cpu_ms_per_hit"][kind] >= 0 and kind in s["cpu_ms_per_miss"]
     assert 0 < s["p50_ms"] <= s["p99_ms"]
+
+
+@pytest.mark.timeout(240)
+def test_rest_smoke(tmp_path: Path) -> None:
+    s = run_scenario(tmp_path, "rest", "--seconds", "1", "--rate", "30", "--callers", "2", "--warmup", "5",
+                     "--rounds", "1")
+    for path in ("grpc", "rest-json", "rest-binary", "rest-v1"):
+        assert_latency(s[path]["open_loop"])
+        assert s[path]["saturated"]["ok_per_s"] > 0 and s[path]["saturated"]["errors"] == 0
+    assert s["ratios"]["rest-binary_over_grpc"]["saturated_rps"] > 0

@@ -82,8 +82,8 @@ async def test_metrics_endpoints_count_an_end_to_end_run(
             requests += 1
 
         r = await asyncio.to_thread(scrape, f"127.0.0.1:{router.metrics_port}")
-        assert r['meshserve_requests_total{code="OK",method="ModelInfer"}'] == requests
-        assert r['meshserve_request_seconds_count{method="ModelInfer"}'] == requests
+        assert r['meshserve_requests_total{code="OK",method="ModelInfer",protocol="grpc"}'] == requests
+        assert r['meshserve_request_seconds_count{method="ModelInfer",protocol="grpc"}'] == requests
         hits, misses = r["meshserve_cache_hits_total"], r["meshserve_cache_misses_total"]
         assert hits + misses == requests and misses >= MODELS and hits >= 3
         assert r["meshserve_cache_miss_seconds_count"] == misses

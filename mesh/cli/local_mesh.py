@@ -26,7 +26,7 @@ from router.server import RouterServer
 from router.settings import RouterSettings
 
 _READY = re.compile(r"runtime (\S+) ready on (\S+)")
-_ROUTER_READY = re.compile(r"router ready on (\S+)")
+_ROUTER_READY = re.compile(r"router ready on (\S+)(?: \(REST on (\S+)\))?")
 
 
 @dataclass
@@ -47,6 +47,7 @@ class RouterProcess:
     proc: subprocess.Popen[bytes]
     log_path: Path
     start_s: float  # spawn to ready: interpreter start plus the full mirror load
+    rest_endpoint: str = ""  # "" when it serves no REST
 
     def terminate(self, timeout_s: float = 30.0) -> int:
         return _terminate(self.proc, timeout_s)
@@ -61,6 +62,8 @@ class LocalMesh:
     data_dir: Path | None = None
     mesh: str = "default"
     metrics_listen: str | None = None
+    #: The router's REST HOST:PORT; "" = no REST listener.
+    rest_listen: str = ""
     runtime_args: tuple[str, ...] = ()
     #: Extra environment for the runtime processes (e.g. MESHSERVE_EVICTION_POLICY).
     runtime_env: dict[str, str] = field(default_factory=dict)
@@ -82,10 +85,11 @@ class LocalMesh:
         self.procs = list(await asyncio.gather(*starts))
         if self.router_process:
             self.router_proc = await loop.run_in_executor(None, self.spawn_router, self.listen, "router",
-                                                          self.metrics_listen)
+                                                          self.metrics_listen, 600.0, self.rest_listen)
             return  # a new router's mirror is loaded (instances included) before it says ready
         self.router = RouterServer(RouterSettings(
-            etcd=self.etcd, mesh=self.mesh, listen=self.listen, metrics_listen=self.metrics_listen))
+            etcd=self.etcd, mesh=self.mesh, listen=self.listen, metrics_listen=self.metrics_listen,
+            rest_listen=self.rest_listen))
         await self.router.start()
         # Wait until the router's mirror sees every runtime.
         deadline = time.monotonic() + 15
@@ -99,19 +103,26 @@ class LocalMesh:
         assert self.router is not None
         return self.router.endpoint
 
+    @property
+    def rest_endpoint(self) -> str:
+        """The router's REST HOST:PORT ("" when it serves none)."""
+        if self.router_proc is not None:
+            return self.router_proc.rest_endpoint
+        return self.router.rest_endpoint if self.router is not None else ""
+
     def spawn_router(self, listen: str, name: str, metrics_listen: str | None = None,
-                     timeout_s: float = 600.0) -> RouterProcess:
+                     timeout_s: float = 600.0, rest_listen: str = "") -> RouterProcess:
         """A ``meshserve router`` process on this mesh; returns once it says ready (blocking)."""
         assert self.data_dir is not None and self.etcd is not None
         log_path = self.data_dir / "logs" / f"{name}.log"
         args = [sys.executable, "-m", "mesh.cli", "router", "--listen", listen, "--etcd", self.etcd,
-                "--mesh", self.mesh]
+                "--mesh", self.mesh, "--rest-listen", rest_listen]
         if metrics_listen:
             args += ["--metrics-listen", metrics_listen]
         started = time.monotonic()
         proc = _popen(args, log_path, {})
         m = _wait_ready(proc, log_path, _ROUTER_READY, name, timeout_s)
-        return RouterProcess(m.group(1), proc, log_path, time.monotonic() - started)
+        return RouterProcess(m.group(1), proc, log_path, time.monotonic() - started, m.group(2) or "")
 
     def _spawn_runtime(self, i: int) -> RuntimeProcess:
         assert self.data_dir is not None and self.etcd is not None

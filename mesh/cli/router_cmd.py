@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from typing import TYPE_CHECKING
 
 from mesh.cli.common import add_registry_arguments, build_settings, run_until_signal, setup_logging
 
-HELP = "run a router: ModelMesh management API, MeshAdmin and KServe V2 inference on one port"
+if TYPE_CHECKING:
+    from router.settings import RouterSettings
+
+HELP = "run a router: ModelMesh management API, MeshAdmin and KServe V2 inference on one port, REST on another"
+#: The REST port when neither --rest-listen nor MESHSERVE_REST_LISTEN says (KServe's 8008).
+DEFAULT_REST_LISTEN = "0.0.0.0:8008"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", help="HOST:PORT to serve on (env MESHSERVE_LISTEN; default 127.0.0.1:8033)")
+    p.add_argument("--rest-listen", dest="rest_listen",
+                   help="HOST:PORT for KServe V1/V2 REST (env MESHSERVE_REST_LISTEN; default "
+                        f"{DEFAULT_REST_LISTEN}; '' turns it off)")
     add_registry_arguments(p)
     p.add_argument("--metrics-listen", dest="metrics_listen",
                    help="HOST:PORT for Prometheus metrics (env MESHSERVE_METRICS_LISTEN)")
@@ -20,17 +29,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(env MESHSERVE_POLICY_FILE)")
 
 
-def run(args: argparse.Namespace) -> int:
-    from router.server import RouterServer
+def settings_from(args: argparse.Namespace) -> "RouterSettings":
+    """Flags over ``MESHSERVE_*``; REST on DEFAULT_REST_LISTEN unless either says otherwise."""
     from router.settings import RouterSettings
 
     settings = build_settings(RouterSettings, args)
+    if "rest_listen" not in settings.model_fields_set:  # neither the flag nor the environment said
+        settings = build_settings(RouterSettings, args, rest_listen=DEFAULT_REST_LISTEN)
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    from router.server import RouterServer
+
+    settings = settings_from(args)
     setup_logging(settings.log_level)
 
     async def main(stop: asyncio.Event) -> int:
         server = RouterServer(settings)
         await server.start()
-        print(f"router ready on {server.endpoint}", flush=True)
+        rest = f" (REST on {server.rest_endpoint})" if server.rest_endpoint else ""
+        print(f"router ready on {server.endpoint}{rest}", flush=True)
         await stop.wait()
         await server.stop()
         return 0
