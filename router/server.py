@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mesh.clock import Clock, SystemClock
+from mesh.kserve.placement import with_serving_runtimes
 from mesh.proto.meshserve.v1 import admin_pb2, admin_pb2_grpc
 from mesh.proto.mmesh import model_mesh_pb2, model_mesh_pb2_grpc
 from mesh.registry.etcd_store import EtcdStore
@@ -21,6 +22,8 @@ from mesh.registry.store import KVStore
 from mesh.tasks import TaskSet
 from router.admin import Admin
 from router.forward import Forwarder
+from router.kserve.index import ResourceIndex
+from router.kserve.service import KServeService
 from router.frontdoor import SERVICE as V2_SERVICE
 from router.core import InferenceCore
 from router.frontdoor import VERSION, FrontDoor
@@ -61,15 +64,20 @@ class RouterServer:
         self.table = RoutingTable(self.mirror, self.clock, splits=SplitChooser(settings.split_seed))
         self.table.on_split = lambda vmodel_id, model_id: self.metrics.split_requests.labels(vmodel_id, model_id).inc()
         self.runtimes = RuntimeClients(settings.max_message_bytes)
+        self.resources = ResourceIndex(self.mirror)
+        # InferenceService models go only where an applied ServingRuntime (or none) lets them.
+        placement = with_serving_runtimes(self.policy.placement, self.resources.runtimes)
         self.loader = Loader(settings, self.registry, self.table, self.runtimes, self.clock,
-                             placement=self.policy.placement, spread_ties=self.policy.is_default_placement)
+                             placement=placement, spread_ties=self.policy.is_default_placement)
         self.loader.on_load = lambda outcome: self.metrics.loads.labels(outcome).inc()
         self.forwarder = Forwarder(self.table, self.loader, self.runtimes, self.clock, settings.max_attempts,
                                    self.metrics)
         self.tasks = TaskSet("router")
         self.management = Management(settings, self.registry, self.table, self.loader, self.runtimes, self.clock, self.tasks)
+        self.kserve = KServeService(self.registry, self.table, self.management, self.loader, self.resources,
+                                    self.clock, self._public_urls)
         self.admin = Admin(self.registry, self.table, self.clock, self.management.status, self.policy.live,
-                           vmodels=self.management.vmodels)
+                           vmodels=self.management.vmodels, kserve=self.kserve)
         self.frontdoor = FrontDoor(self.forwarder, self.table, settings.default_timeout_s, self.metrics)
         #: What front doors other than gRPC (REST) call into.
         self.core = InferenceCore(self.forwarder, self.table, self.clock, settings.default_timeout_s, self.metrics)
@@ -91,6 +99,11 @@ class RouterServer:
     def rest_endpoint(self) -> str:
         """HOST:PORT of the REST listener ("" when there is none)."""
         return self.rest.endpoint if self.rest is not None else ""
+
+    def _public_urls(self) -> tuple[str, str]:
+        """gRPC and REST URLs shown in InferenceService statuses."""
+        rest = self.settings.public_rest_url or (f"http://{self.rest_endpoint}" if self.rest_endpoint else "")
+        return (self.settings.public_grpc_url or f"grpc://{self.endpoint}", rest)
 
     async def start(self) -> None:
         await self.store.start()

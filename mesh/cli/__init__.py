@@ -29,6 +29,9 @@ COMMANDS: dict[str, str] = {
     "cluster": "mesh.cli.client_cmds",
     "vmodel": "mesh.cli.client_cmds",
     "policy": "mesh.cli.policy_cmd",
+    "apply": "mesh.cli.kserve_cmds",
+    "get": "mesh.cli.kserve_cmds",
+    "delete": "mesh.cli.kserve_cmds",
 }
 
 
