@@ -210,7 +210,6 @@ class VModels:
         error = "; ".join(errors)
         now = self._clock.now_ms()
         heaviest = max(sorted(pending), key=lambda m: pending[m])
-        single = [m for m, w in pending.items() if w > 0]
 
         def switch(cur: rec.VModelRecord | None) -> rec.VModelRecord | None:
             if cur is None or cur.pending_split != pending or cur.status != "TRANSITIONING":
@@ -218,8 +217,9 @@ class VModels:
             if error:
                 return dataclasses.replace(cur, status="TRANSITION_FAILED", error=error, pending_split={},
                                            target_model=cur.active_model, updated_ms=now)
-            # One target with weight left is a plain vmodel again.
-            split = {} if len(single) == 1 else pending
+            # A split of one target is a plain vmodel again; a weight-0 target stays in the
+            # split (no traffic, still referenced, so autoDeleteTargetModel keeps it).
+            split = {} if len(pending) == 1 else pending
             return dataclasses.replace(cur, active_model=heaviest, target_model=heaviest, split=split,
                                        pending_split={}, status="DEFINED", error="", updated_ms=now)
 
