@@ -369,3 +369,38 @@ async def test_two_routers_serve_envoy_the_same_versions_for_the_same_registry(
     finally:
         await c.channel.close()
         await other.stop(0)
+
+
+async def test_a_stream_through_envoy_goes_to_the_router_and_answers_every_model(
+        client: Client, gateway: GatewayProcess, router: RouterServer, model_files) -> None:
+    files = model_files[:4]
+    ids = await client.register_all(files, prefix="st")
+    assert await client.infer(ids[0], files[0][0]) == (ids[0], True)  # loaded, with a direct route
+    await routed_direct(gateway, router, ids[0])
+    before = via_router(gateway)
+
+    def request(k: int, n: int) -> v2.ModelInferRequest:
+        x = modelgen.sample_input(files[k][0], batch=1, seed=n)
+        req = v2.ModelInferRequest(model_name=ids[k], id=str(n))
+        req.inputs.add(name="INPUT0", datatype="FP32", shape=list(x.shape))
+        req.raw_input_contents.append(x.tobytes())
+        return req
+
+    # Even with a header naming a loaded model, a stream goes to the router (its requests
+    # may name other models; the router routes, loads and retries each on its own).
+    call = client.v2.ModelStreamInfer(metadata=(), timeout=60)
+    for n in range(40):
+        await call.write(request(n % 4, n))
+    await call.done_writing()
+    answers = {r.infer_response.id: r async for r in call}
+    assert len(answers) == 40 and not [a.error_message for a in answers.values() if a.error_message]
+    for rid, a in answers.items():
+        k = int(rid) % 4
+        expected = modelgen.reference_output(files[k][0], modelgen.sample_input(files[k][0], batch=1, seed=int(rid)))
+        out = np.frombuffer(a.infer_response.raw_output_contents[0], np.float32).reshape(expected.shape)
+        assert a.infer_response.model_name == ids[k] and np.allclose(out, expected, rtol=1e-4, atol=1e-5)
+    header_call = client.v2.ModelStreamInfer(metadata=(("mm-model-id", ids[0]),), timeout=60)
+    await header_call.write(request(0, 99))
+    await header_call.done_writing()
+    assert [r.infer_response.id async for r in header_call] == ["99"]
+    assert via_router(gateway) == before + 2, "each stream is one request from Envoy to the router"

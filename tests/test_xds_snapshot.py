@@ -68,8 +68,8 @@ def test_thousands_of_models_share_a_cluster_per_copy_set_and_every_route_resolv
     routes = route_actions(json_format.MessageToDict(snap.routes), [])
     assert {r["route"]["cluster"] for r in routes} <= set(snap.clusters) | {ROUTER_CLUSTER}
     # One entry per model, the vmodel by header and by body name, and the router
-    # fallback twice (not an inference path; no header naming a routed model).
-    assert len(routes) == 3000 + 1 + 1 + 2
+    # fallback three times (not an inference path; a stream; no header naming a routed model).
+    assert len(routes) == 3000 + 1 + 1 + 3
 
 
 def test_the_version_is_the_content_and_does_not_depend_on_order() -> None:

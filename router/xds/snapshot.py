@@ -58,6 +58,8 @@ MODEL_HEADER = "mm-model-id"
 VMODEL_HEADER = "mm-vmodel-id"
 #: Inference calls that may go straight to a runtime (ModelInfer, ModelMetadata, ModelReady...).
 MODEL_PATH_PREFIX = "/inference.GRPCInferenceService/Model"
+#: ModelStreamInfer: every stream goes to the router (requests of one stream are routed one by one).
+STREAM_PATH = "/inference.GRPCInferenceService/ModelStreamInfer"
 #: Largest request body Envoy buffers (for retries and for reading field 1).
 MAX_REQUEST_BYTES = 64 * 2**20
 #: Envoy's defaults (1024 requests, 3 retries at once per cluster) would fail requests under load.
@@ -262,7 +264,10 @@ def build_snapshot(view: XdsView) -> Snapshot:
             matcher_tree=matcher_pb2.Matcher.MatcherTree(
                 input=xds_extension_pb2.TypedExtensionConfig(
                     name="path", typed_config=_pack(http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=":path"))),
-                prefix_match_map=matcher_pb2.Matcher.MatcherTree.MatchMap(map={MODEL_PATH_PREFIX: tree})),
+                # The longest prefix wins: streams always go to the router, which routes, loads
+                # and retries each request of a stream on its own (one stream may name many models).
+                prefix_match_map=matcher_pb2.Matcher.MatcherTree.MatchMap(
+                    map={MODEL_PATH_PREFIX: tree, STREAM_PATH: to_router})),
             on_no_match=to_router))
     routes = route_pb2.RouteConfiguration(name=ROUTE_CONFIG_NAME, virtual_hosts=[vhost])
     return Snapshot(clusters, routes, version_of(clusters[k] for k in sorted(clusters)), version_of([routes]))
