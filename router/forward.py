@@ -28,8 +28,12 @@ log = logging.getLogger(__name__)
 
 Metadata = Sequence[tuple[str, str | bytes]]
 
+#: Set by the Envoy gateway beside ``mm-model-id`` when it read that id from the body
+#: (router/xds/bootstrap.py): the name is then a body name (a vmodel first).
+BODY_MARKER = "mm-body-model"
+
 # Headers not passed on to runtimes: ours (replaced) and transport-level ones.
-_DROP = {"mm-model-id", "mm-vmodel-id", "mm-model-id-bin", "mm-vmodel-id-bin", "user-agent",
+_DROP = {"mm-model-id", "mm-vmodel-id", "mm-model-id-bin", "mm-vmodel-id-bin", BODY_MARKER, "user-agent",
          "content-type", "te", "grpc-accept-encoding", "grpc-encoding", "grpc-timeout", "accept-encoding"}
 
 
@@ -45,7 +49,9 @@ def model_name_from(metadata: Metadata, body: bytes | None) -> tuple[str, str]:
     """(name, where it came from: "model", "vmodel" or "body"). Header ids win over the body."""
     found: dict[str, str] = {}
     for k, v in metadata:
-        if k in ("mm-model-id", "mm-vmodel-id"):
+        if k == BODY_MARKER:
+            found[k] = ""
+        elif k in ("mm-model-id", "mm-vmodel-id"):
             found[k] = v if isinstance(v, str) else v.decode()
         elif k in ("mm-model-id-bin", "mm-vmodel-id-bin"):
             raw = v if isinstance(v, bytes) else v.encode()
@@ -53,6 +59,8 @@ def model_name_from(metadata: Metadata, body: bytes | None) -> tuple[str, str]:
                 found[k[:-4]] = raw.decode()
             except UnicodeDecodeError:
                 raise InvalidArgument(f"header {k} is not valid UTF-8") from None
+    if found.pop(BODY_MARKER, None) is not None:
+        found.pop("mm-model-id", None)
     if "mm-model-id" in found and "mm-vmodel-id" in found:
         raise InvalidArgument("send either mm-model-id or mm-vmodel-id, not both")
     if "mm-model-id" in found:

@@ -105,7 +105,7 @@ class Loader:
             model.model_id, canonical_model_type(model.type), model.size_bytes or self._typical_size(),
             frozenset(i for i, c in self._table.copies(model.model_id).items()
                       if not self._table.is_suspect(i, model.model_id)) | frozenset(extra_exclude),
-            frozenset(failed), required,
+            frozenset(failed), required, dict(model.labels),
         )
 
     def _typical_size(self) -> int:

@@ -68,13 +68,13 @@ class Management(mm_grpc.ModelMeshServicer):
         return self._clock.monotonic() + budget
 
     async def register(self, model_id: str, info: mm.ModelInfo, last_used_ms: int = 0,
-                       auto_delete: bool = False) -> None:
+                       auto_delete: bool = False, labels: dict[str, str] | None = None) -> None:
         """Creates the model record; same info again is a no-op, other info is refused."""
         validate_id(model_id)
         check_model_info(info)
         now = self._clock.now_ms()
         record = rec.ModelRecord(model_id, info.type, info.path, info.key, registered_ms=now,
-                                 last_used_ms=last_used_ms or now, auto_delete=auto_delete)
+                                 last_used_ms=last_used_ms or now, auto_delete=auto_delete, labels=labels or {})
         try:
             revision = await self._registry.create_model(record)
         except AlreadyExists:
@@ -100,7 +100,7 @@ class Management(mm_grpc.ModelMeshServicer):
         except MeshError as e:
             log.info("background load of %s failed: %s", model_id, e)
 
-    async def load_and_report(self, model_id: str, context: grpc.aio.ServicerContext) -> mm.ModelStatusInfo:
+    async def load_and_report(self, model_id: str, context: grpc.aio.ServicerContext | None) -> mm.ModelStatusInfo:
         try:
             await self._loader.ensure_loaded(model_id, self.deadline(context))
         except MeshError as e:

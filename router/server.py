@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mesh.clock import Clock, SystemClock
+from mesh.kserve.placement import with_serving_runtimes
 from mesh.proto.meshserve.v1 import admin_pb2, admin_pb2_grpc
 from mesh.proto.mmesh import model_mesh_pb2, model_mesh_pb2_grpc
 from mesh.registry.etcd_store import EtcdStore
@@ -25,6 +27,8 @@ from mesh.security.tokens import TokenFile
 from mesh.tasks import TaskSet
 from router.admin import Admin
 from router.forward import Forwarder
+from router.kserve.index import ResourceIndex
+from router.kserve.service import KServeService
 from router.frontdoor import SERVICE as V2_SERVICE
 from router.core import InferenceCore
 from router.frontdoor import VERSION, FrontDoor
@@ -39,6 +43,9 @@ from router.settings import RouterSettings
 from router.rest.app import RestServer
 from router.splits import SplitChooser
 from router.table import RoutingTable
+
+if TYPE_CHECKING:
+    from router.xds.server import XdsCache
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +75,20 @@ class RouterServer:
         self.runtimes = RuntimeClients(settings.max_message_bytes,
                                        tls=channel_tls(settings.runtime_ca, settings.runtime_cert, settings.runtime_key),
                                        token=spi_token)
+        self.resources = ResourceIndex(self.mirror)
+        # InferenceService models go only where an applied ServingRuntime (or none) lets them.
+        placement = with_serving_runtimes(self.policy.placement, self.resources.runtimes)
         self.loader = Loader(settings, self.registry, self.table, self.runtimes, self.clock,
-                             placement=self.policy.placement, spread_ties=self.policy.is_default_placement)
+                             placement=placement, spread_ties=self.policy.is_default_placement)
         self.loader.on_load = lambda outcome: self.metrics.loads.labels(outcome).inc()
         self.forwarder = Forwarder(self.table, self.loader, self.runtimes, self.clock, settings.max_attempts,
                                    self.metrics)
         self.tasks = TaskSet("router")
         self.management = Management(settings, self.registry, self.table, self.loader, self.runtimes, self.clock, self.tasks)
+        self.kserve = KServeService(self.registry, self.table, self.management, self.loader, self.resources,
+                                    self.clock, self._public_urls)
         self.admin = Admin(self.registry, self.table, self.clock, self.management.status, self.policy.live,
-                           vmodels=self.management.vmodels)
+                           vmodels=self.management.vmodels, kserve=self.kserve)
         self.frontdoor = FrontDoor(self.forwarder, self.table, settings.default_timeout_s, self.metrics)
         #: What front doors other than gRPC (REST) call into.
         self.core = InferenceCore(self.forwarder, self.table, self.clock, settings.default_timeout_s, self.metrics)
@@ -86,6 +98,7 @@ class RouterServer:
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
+        self.xds: XdsCache | None = None
         self.port = 0
         self.metrics_port = 0
 
@@ -99,6 +112,11 @@ class RouterServer:
         """HOST:PORT of the REST listener ("" when there is none)."""
         return self.rest.endpoint if self.rest is not None else ""
 
+    def _public_urls(self) -> tuple[str, str]:
+        """gRPC and REST URLs shown in InferenceService statuses."""
+        rest = self.settings.public_rest_url or (f"http://{self.rest_endpoint}" if self.rest_endpoint else "")
+        return (self.settings.public_grpc_url or f"grpc://{self.endpoint}", rest)
+
     async def start(self) -> None:
         await self.store.start()
         await self.mirror.start()
@@ -111,6 +129,7 @@ class RouterServer:
         model_mesh_pb2_grpc.add_ModelMeshServicer_to_server(self.management, guarded)
         admin_pb2_grpc.add_MeshAdminServicer_to_server(self.admin, guarded)
         guarded.add_generic_rpc_handlers([self.frontdoor.handler()])
+        self._add_xds(server)  # Envoy's xDS: not a client API
         health_pb2_grpc.add_HealthServicer_to_server(self.health, guarded)
         enable_reflection([
             model_mesh_pb2.DESCRIPTOR.services_by_name["ModelMesh"].full_name,
@@ -149,6 +168,19 @@ class RouterServer:
         self.core.set_ready(True)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("router serving on %s%s", self.endpoint, f", REST on {self.rest_endpoint}" if self.rest else "")
+
+    def _add_xds(self, server: grpc.aio.Server) -> None:
+        """Envoy's configuration over ADS on the same port (README "Envoy"), when xds-protos is installed."""
+        self.xds = None
+        if not self.settings.xds:
+            return
+        try:
+            from router.xds.server import add_to_server
+        except ImportError:
+            log.info("xDS off: xds-protos is not installed (pip install 'meshserve[envoy]')")
+            return
+        self.xds = add_to_server(server, self.mirror, self.metrics.registry, self.tasks, self.clock)
+        self.xds.start()
 
     def _loaded_copies(self) -> dict[str, int]:
         copies = self.mirror.copies

@@ -57,6 +57,15 @@ class RouterSettings(CommonSettings):
     #: Seed of the per-request draw of traffic-split targets (unset: random). Callers
     #: sending ``mm-split-key`` get a draw fixed by that key instead.
     split_seed: int | None = None
+    #: Serve Envoy's configuration (ADS) on the router's port, for ``meshserve gateway``
+    #: (needs the ``envoy`` extra; without it the router serves as before).
+    xds: bool = True
+    #: URLs an InferenceService's status shows clients (``status.url``,
+    #: ``components.predictor.grpcUrl`` / ``restUrl``); "" = ``grpc://<listen>`` and
+    #: ``http://<rest listen>`` (none while REST is off). Set them to the address behind a
+    #: load balancer.
+    public_grpc_url: str = ""
+    public_rest_url: str = ""
 
     @field_validator("rest_listen")
     @classmethod

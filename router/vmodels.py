@@ -59,7 +59,7 @@ class VModels:
         s = self._s
         return vmodel_status(self._table, vid, self._clock.now_ms(), s.failure_ttl_s, s.max_load_failures)
 
-    async def set(self, req: mm.SetVModelRequest, context: grpc.aio.ServicerContext) -> mm.VModelStatusInfo:
+    async def set(self, req: mm.SetVModelRequest, context: grpc.aio.ServicerContext | None) -> mm.VModelStatusInfo:
         vid = validate_id(req.vModelId, what="vmodel id")
         target = validate_id(req.targetModelId, what="targetModelId")
         if req.HasField("modelInfo"):
@@ -98,6 +98,10 @@ class VModels:
         await self._table.mirror.wait_for(v.mod_revision)
         if before is not None and before.active_model != v.record.active_model:
             await self._maybe_auto_delete(before.active_model)
+        if before is not None:  # a transition abandoned for another target, a split ended
+            for dropped in sorted({before.target_model, *before.split, *before.pending_split}
+                                  - {v.record.active_model, v.record.target_model}):
+                await self._maybe_auto_delete(dropped)
         if v.record.status == "TRANSITIONING":
             task = self._start_transition(vid)
             if req.sync and task is not None:
@@ -206,7 +210,6 @@ class VModels:
         error = "; ".join(errors)
         now = self._clock.now_ms()
         heaviest = max(sorted(pending), key=lambda m: pending[m])
-        single = [m for m, w in pending.items() if w > 0]
 
         def switch(cur: rec.VModelRecord | None) -> rec.VModelRecord | None:
             if cur is None or cur.pending_split != pending or cur.status != "TRANSITIONING":
@@ -214,8 +217,9 @@ class VModels:
             if error:
                 return dataclasses.replace(cur, status="TRANSITION_FAILED", error=error, pending_split={},
                                            target_model=cur.active_model, updated_ms=now)
-            # One target with weight left is a plain vmodel again.
-            split = {} if len(single) == 1 else pending
+            # A split of one target is a plain vmodel again; a weight-0 target stays in the
+            # split (no traffic, still referenced, so autoDeleteTargetModel keeps it).
+            split = {} if len(pending) == 1 else pending
             return dataclasses.replace(cur, active_model=heaviest, target_model=heaviest, split=split,
                                        pending_split={}, status="DEFINED", error="", updated_ms=now)
 

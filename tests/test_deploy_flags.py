@@ -27,14 +27,23 @@ DOCUMENTED_FLAGS = {
                 "--metrics-listen", "--device", "--advertise", "--instance-id", "--labels", "--zone",
                 "--policy-file", "--eviction-policy"},
     "router": {"--listen", "--etcd", "--mesh", "--metrics-listen", "--policy-file", "--rest-listen"},
+    # Issue #14: Envoy in front of the router (router/xds/gateway.py).
+    "gateway": {"--listen", "--router", "--admin-port", "--stats-listen", "--concurrency", "--rest-listen",
+                "--router-rest", "--node-id", "--envoy-log-level"},
 }
 #: (module, class) of each process's settings.
 SETTINGS_CLASSES = {
     "runtime": ("mesh.runtime.settings", "RuntimeSettings"),
     "router": ("router.settings", "RouterSettings"),
+    "gateway": ("router.xds.gateway", "GatewaySettings"),
 }
-#: ModelMesh's default ports (reference/modelmesh-wire.md), which clients expect.
-DEFAULT_PORTS = {"runtime": 8085, "router": 8033}
+#: ModelMesh's default ports (reference/modelmesh-wire.md), which clients expect: the
+#: front door (Envoy, the gateway container) on 8033; the router behind it on 8034.
+DEFAULT_PORTS = {"runtime": 8085, "router": 8034, "gateway": 8033}
+#: The container port each process's --listen is, and the one its metrics flag is.
+GRPC_PORT = {"runtime": "grpc", "router": "router-grpc", "gateway": "grpc"}
+METRICS_PORT = {"runtime": ("--metrics-listen", "metrics"), "router": ("--metrics-listen", "metrics"),
+                "gateway": ("--stats-listen", "envoy-stats")}
 #: What the kubelet puts in downward-API variables, for checking expanded values.
 FIELD_SAMPLES = {"metadata.name": "meshserve-runtime-0", "metadata.namespace": "meshserve", "status.podIP": "10.1.2.3"}
 
@@ -105,7 +114,13 @@ def env_names(cls: type) -> set[str]:
 def test_every_variant_runs_a_router_and_runtimes() -> None:
     for variant in variants():
         processes = sorted(c["args"][0] for _, _, c in meshserve_containers(rendered(variant)))
-        assert processes == ["router", "runtime"], variant
+        assert processes == ["gateway", "router", "runtime"], variant
+        # Envoy fronts the router in its pod: its router is on loopback.
+        router_pod = next(s for w, s in pod_specs(rendered(variant)) if w["metadata"]["name"] == "meshserve-router")
+        gateway = next(c for c in router_pod["containers"] if c["args"][0] == "gateway")
+        router = next(c for c in router_pod["containers"] if c["args"][0] == "router")
+        assert parse_host_port(flag_values(gateway["args"])["--router"]) == (
+            "127.0.0.1", parse_host_port(flag_values(router["args"])["--listen"])[1])
 
 
 @pytest.mark.parametrize("variant,index", CASES)
@@ -134,7 +149,8 @@ def test_args_parse_with_the_meshserve_parser(variant: str, index: int) -> None:
 def test_flag_values_are_well_formed(variant: str, index: int) -> None:
     _, _, _, container = container_case(variant, index)
     flags = flag_values(container["args"])
-    for flag in ("--listen", "--metrics-listen", "--advertise", "--etcd", "--rest-listen"):
+    for flag in ("--listen", "--metrics-listen", "--advertise", "--etcd", "--router", "--stats-listen",
+                 "--rest-listen", "--router-rest"):
         if flag in flags:
             parse_host_port(flags[flag], what=flag)
     if "--device" in flags:
@@ -175,33 +191,46 @@ def test_settings_build_from_the_manifest(variant: str, index: int, monkeypatch:
 
 @pytest.mark.parametrize("variant,index", CASES)
 def test_ports_agree_across_args_probes_and_services(variant: str, index: int) -> None:
-    objs, workload, _, container = container_case(variant, index)
+    objs, workload, spec, container = container_case(variant, index)
     process = container["args"][0]
     flags = flag_values(container["args"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     listen = parse_host_port(flags["--listen"])[1]
-    assert listen == ports["grpc"] == DEFAULT_PORTS[process]
-    assert parse_host_port(flags["--metrics-listen"])[1] == ports["metrics"]
+    assert listen == ports[GRPC_PORT[process]] == DEFAULT_PORTS[process]
+    metrics_flag, metrics_port = METRICS_PORT[process]
+    assert parse_host_port(flags[metrics_flag])[1] == ports[metrics_port]
     # A TLS port cannot answer kubelet probes: they go to the plaintext health port then.
     health = env_values(objs, container).get("MESHSERVE_HEALTH_LISTEN")
-    probe_ports = (listen, "grpc") if health is None else (parse_host_port(health)[1], "health")
+    probe_ports = (listen, GRPC_PORT[process]) if health is None else (parse_host_port(health)[1], "health")
     if health is not None:
         assert ports["health"] == parse_host_port(health)[1]
-    if process == "router":  # KServe's REST port (issue #11)
+    if process == "gateway":  # KServe's REST port (issue #11), passed on to the router's REST listener
         assert parse_host_port(flags["--rest-listen"])[1] == ports["http"] == 8008
+        router = next(c for c in spec["containers"] if c["name"] == "router")
+        assert flags["--router-rest"] == flag_values(router["args"])["--rest-listen"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"]["port"] in probe_ports
+        if process == "gateway":  # Envoy's own readiness, served by its stats listener
+            assert container[probe]["httpGet"] == {"path": "/ready", "port": metrics_port}
+        else:
+            assert container[probe]["grpc"]["port"] in probe_ports
     advertise = env_values(objs, container).get("MESHSERVE_ADVERTISE", flags.get("--advertise"))
     if advertise is not None:
         assert parse_host_port(advertise)[1] == listen, "routers would dial the wrong port"
+    pod_ports = {p["name"]: p["containerPort"] for c in spec["containers"] for p in c.get("ports", [])}
+    assert len(pod_ports) == sum(len(c.get("ports", [])) for c in spec["containers"]), "a port name is used twice"
     labels = workload["spec"]["template"]["metadata"]["labels"]
     services = [o for o in objs if o["kind"] == "Service" and o["spec"]["selector"].items() <= labels.items()]
     assert services, "no Service selects these pods"
     for svc in services:
         for port in svc["spec"]["ports"]:
             target = port.get("targetPort", port["port"])
-            assert target in ports or target in ports.values(), f"{svc['metadata']['name']}: no container port {target}"
-        assert {p["name"]: p["port"] for p in svc["spec"]["ports"]}["grpc"] == DEFAULT_PORTS[process]
+            assert target in pod_ports or target in pod_ports.values(), f"{svc['metadata']['name']}: no port {target}"
+        grpc_port = next(p for p in svc["spec"]["ports"] if p["name"] == "grpc")
+        # The Service's grpc port is the pod's front door: ModelMesh's port, onto the gateway or runtime.
+        assert grpc_port["port"] == DEFAULT_PORTS["gateway" if "gateway" in [
+            c["args"][0] for c in spec["containers"] if "args" in c] else process]
+        if grpc_port.get("targetPort") == "grpc" and "grpc" in ports:
+            assert process in ("gateway", "runtime")
 
 
 @pytest.mark.parametrize("variant", sorted(variants()))

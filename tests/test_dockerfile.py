@@ -81,7 +81,8 @@ def test_target_runs_meshserve_as_a_non_root_user(target: str) -> None:
 
 def test_installed_extras_exist_and_never_mix_cpu_with_gpu() -> None:
     extras = PYPROJECT["project"]["optional-dependencies"]
-    expected = {"cpu-build": {"cpu"}, "cuda-build": {"gpu"}}
+    # envoy: the gateway container (Envoy in front of the router) runs the same image.
+    expected = {"cpu-build": {"cpu", "envoy"}, "cuda-build": {"gpu", "envoy"}}
     for stage_name, wanted in expected.items():
         installed = {
             extra

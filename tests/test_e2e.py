@@ -52,12 +52,13 @@ def runtimes(etcd_server, mesh_name, capacity: int) -> Iterator[list[RuntimeProc
             p.kill()
 
 
-async def start_router(etcd_server, mesh_name: str, expect: int, timeout_s: float = 30.0) -> RouterServer:
-    """An in-process router on a free port, once its mirror sees ``expect`` runtimes.
+async def start_router(etcd_server, mesh_name: str, expect: int, timeout_s: float = 30.0,
+                       listen: str = "127.0.0.1:0", **settings) -> RouterServer:
+    """An in-process router (on a free port by default), once its mirror sees ``expect`` runtimes.
 
     Fails (stopping the router) if they do not all show within ``timeout_s``."""
-    router = RouterServer(RouterSettings(etcd=etcd_server.endpoint, mesh=mesh_name, listen="127.0.0.1:0",
-                                         scale_interval_s=3600))
+    router = RouterServer(RouterSettings(etcd=etcd_server.endpoint, mesh=mesh_name, listen=listen,
+                                         scale_interval_s=3600, **settings))
     await router.start()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s

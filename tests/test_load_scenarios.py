@@ -47,6 +47,18 @@ def test_overhead_smoke(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(240)
+def test_gateway_smoke(tmp_path: Path) -> None:
+    pytest.importorskip("envoy.service.discovery.v3", reason="needs the envoy extra")
+    s = run_scenario(tmp_path, "gateway", "--seconds", "1", "--rate", "50", "--callers", "2", "--warmup", "10",
+                     "--rounds", "1", "--models", "6")
+    for workload in ("tiny", "zipf"):
+        for path in ("direct", "envoy-header", "envoy-body", "router"):
+            assert_latency(s[workload][path]["open_loop"])
+            assert s[workload][path]["saturated"]["ok_per_s"] > 0 and s[workload][path]["saturated"]["errors"] == 0
+        assert s[workload]["ratios"]["saturated_rps_envoy-body_over_direct"] > 0
+
+
+@pytest.mark.timeout(240)
 def test_zipf_cache_smoke(tmp_path: Path) -> None:
     s = run_scenario(tmp_path, "zipf-cache", "--models", "8", "--fraction", "0.5", "--size-bytes", "0",
                      "--seconds", "3", "--rate", "20", "--policies", "lru,adaptive,no-such-policy")

@@ -84,7 +84,8 @@ def test_admin_service_methods() -> None:
     svc = admin_pb2.DESCRIPTOR.services_by_name["MeshAdmin"]
     assert svc.full_name == "meshserve.v1.MeshAdmin"
     assert [m.name for m in svc.methods] == [
-        "ListModels", "GetClusterStatus", "GetPolicy", "SetPolicy", "DrainInstance", "SetModelConfig", "SetTrafficSplit"]
+        "ListModels", "GetClusterStatus", "GetPolicy", "SetPolicy", "DrainInstance", "SetModelConfig", "SetTrafficSplit",
+        "ApplyResources", "GetResources", "DeleteResources"]
 
 
 def test_kserve_v2_comes_from_tritonclient() -> None:

@@ -181,6 +181,10 @@ async def test_bad_splits_are_refused_and_setvmodel_ends_a_split(mesh: Mesh) -> 
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await mesh.split("bad", x=0, y=0)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "add up to 0" in err.value.details()
+    # Blue-green: the idle side keeps weight 0, no traffic, and stays in the split.
+    st = await mesh.split("bg", x=100, y=0)
+    assert [(t.modelId, t.weight) for t in st.trafficSplit] == [("x", 100), ("y", 0)]
+    assert {await mesh.infer("bg") for _ in range(20)} == {"x"}
     await mesh.split("one", x=70, y=30)
     st = await mesh.mm.setVModel(mm.SetVModelRequest(vModelId="one", targetModelId="y", force=True))
     assert st.activeModelId == "y" and not st.trafficSplit

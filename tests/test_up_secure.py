@@ -54,7 +54,7 @@ def test_up_tls_serves_tls_everywhere_and_the_cli_connects_with_the_ca(tmp_path:
                               start_new_session=True, preexec_fn=_die_with_parent)
     try:
         out = _wait_ready(up, log)
-        m = re.search(r"router on (\S+),", out)
+        m = re.search(r"router alone on (\S+) \(TLS\)", out)
         assert m, out
         endpoint = m.group(1)
         ca = data / "pki" / "ca.pem"

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class _Path:
+class Way:
     """One way to serve the request, measured over rounds into the same recorders."""
 
     def __init__(self, name: str, send: Send) -> None:
@@ -84,16 +85,17 @@ class _Path:
         self.lag: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
 
-    async def round(self, model: str, payloads: dict[str, bytes], args: argparse.Namespace, i: int,
+    async def round(self, models: Sequence[str], payloads: dict[str, bytes], args: argparse.Namespace, i: int,
                     pids: dict[str, int], t0: float) -> None:
-        """Open loop, then closed loop; CPU each process spent is charged to the saturated requests."""
-        for _ in range(args.warmup):
-            await self.send(model, payloads[model])
-        lag = await open_loop(self.send, [model], payloads, args.rate, args.seconds, self.lat, seed=args.seed + i,
+        """Open loop, then closed loop over the model sequence; CPU each process spent is
+        charged to the saturated requests."""
+        for k in range(args.warmup):
+            await self.send(models[k % len(models)], payloads[models[k % len(models)]])
+        lag = await open_loop(self.send, models, payloads, args.rate, args.seconds, self.lat, seed=args.seed + i,
                               t0=t0)
         self.lag = {k: max(v, self.lag.get(k, 0.0)) for k, v in lag.items() if k.startswith("lag_")}
         before = {k: cpu_seconds(p) for k, p in pids.items()}
-        await closed_loop(self.send, [model], payloads, args.callers, args.seconds, self.sat, t0=t0)
+        await closed_loop(self.send, models, payloads, args.callers, args.seconds, self.sat, t0=t0)
         for k, p in pids.items():
             self.cpu[k] = self.cpu.get(k, 0.0) + cpu_seconds(p) - before[k]
 
@@ -152,12 +154,12 @@ async def run(args: argparse.Namespace) -> Path:
                 pids |= {"router": mesh.local.router_proc.proc.pid,
                          "runtime": next(rp.proc.pid for rp in mesh.local.procs if rp.instance_id == holder.instance_id)}
             async with grpc.aio.insecure_channel(holder.endpoint, options=harness.GRPC_OPTIONS) as rch:
-                paths = [_Path("router", routed), _Path("direct", grpc_sender(rch)),
-                         _Path("in-process", _inprocess_sender(models.paths[model], models.payloads[model]))]
+                paths = [Way("router", routed), Way("direct", grpc_sender(rch)),
+                         Way("in-process", _inprocess_sender(models.paths[model], models.payloads[model]))]
                 t0 = time.perf_counter()
                 for i in range(args.rounds):
                     for path in paths:
-                        await path.round(model, models.payloads, args, i, pids, t0)
+                        await path.round([model], models.payloads, args, i, pids, t0)
             if args.profile and mesh.local is not None and mesh.local.router_proc is not None:
                 profile = await _profile(mesh.local.router_proc.proc.pid, routed, model, models.payloads, args, out)
 

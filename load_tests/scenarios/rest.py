@@ -23,7 +23,7 @@ import numpy as np
 from load_tests import harness, plots
 from load_tests.generator import Send, grpc_sender
 from load_tests.probe import MeshProbe
-from load_tests.scenarios.overhead import _Path as Turn  # one path's open + closed loop rounds
+from load_tests.scenarios.overhead import Way as Turn  # one path's open + closed loop rounds
 from load_tests.workload import make_models, register_all
 from mesh import modelgen
 from router.rest.v2 import HEADER_LENGTH
@@ -100,7 +100,7 @@ async def run(args: argparse.Namespace) -> Path:
             t0 = time.perf_counter()
             for i in range(args.rounds):
                 for turn, payloads in paths:
-                    await turn.round(model, payloads, args, i, pids, t0)
+                    await turn.round([model], payloads, args, i, pids, t0)
 
     summary = {turn.lat.name: turn.summary() for turn, _ in paths}
     g = summary["grpc"]

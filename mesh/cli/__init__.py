@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "up": "mesh.cli.up_cmd",
     "runtime": "mesh.cli.runtime_cmd",
     "router": "mesh.cli.router_cmd",
+    "gateway": "mesh.cli.gateway_cmd",
     "pull": "mesh.cli.pull_cmd",
     "register": "mesh.cli.client_cmds",
     "unregister": "mesh.cli.client_cmds",
@@ -28,6 +29,9 @@ COMMANDS: dict[str, str] = {
     "cluster": "mesh.cli.client_cmds",
     "vmodel": "mesh.cli.client_cmds",
     "policy": "mesh.cli.policy_cmd",
+    "apply": "mesh.cli.kserve_cmds",
+    "get": "mesh.cli.kserve_cmds",
+    "delete": "mesh.cli.kserve_cmds",
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -93,10 +94,15 @@ def _fmt_bytes(n: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    return with_router(args, _COMMANDS[args.command])
+
+
+def with_router(args: argparse.Namespace, command: Callable[[argparse.Namespace, grpc.Channel, float], int]) -> int:
+    """Runs ``command(args, channel, timeout_s)`` against ``--router``; RPC errors become a one-line message."""
     settings = ClientSettings(**overrides(args))
     channel = router_channel(settings, options=[("grpc.max_receive_message_length", 256 * 2**20)])
     try:
-        return _COMMANDS[args.command](args, channel, settings.timeout_s)
+        return command(args, channel, settings.timeout_s)
     except grpc.RpcError as e:
         return report(e, channel, settings, args.command)
     finally:

@@ -67,3 +67,14 @@ def run_until_signal(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
         return await main(stop)
 
     return asyncio.run(runner())
+
+
+def read_file_arg(path: str | None) -> str:
+    """A FILE argument's text; '-' or None reads stdin."""
+    if path in (None, "-"):
+        return sys.stdin.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise InvalidArgument(f"cannot read {path}: {e.strerror}") from None

@@ -4,7 +4,9 @@ Used by ``meshserve up``, the demo and the load tests. Runtimes are real
 processes (``python -m mesh.cli runtime``), one per simulated pod; the router
 runs in this process, or as its own process (``router_process``: the load tests,
 so a client in this process does not share the router's interpreter).
-Logs go to ``<data-dir>/logs/``.
+With ``gateway``, Envoy (``meshserve gateway``) takes ``listen`` and the router
+moves to a free port behind it, programming Envoy over xDS. Logs go to
+``<data-dir>/logs/``.
 """
 
 from __future__ import annotations
@@ -25,9 +27,16 @@ from mesh.errors import Unavailable
 from mesh.etcd_server import LocalEtcd, free_port
 from router.server import RouterServer
 from router.settings import RouterSettings
+from router.xds.process import GatewayProcess
 
 _READY = re.compile(r"runtime (\S+) ready on (\S+)")
 _ROUTER_READY = re.compile(r"router ready on (\S+)(?: \(REST on (\S+)\))?")
+
+
+def _concrete(listen: str) -> str:
+    """``listen`` with port 0 replaced by a free port."""
+    host, _, port = listen.rpartition(":")
+    return f"{host}:{free_port()}" if port == "0" else listen
 
 
 @dataclass
@@ -78,10 +87,15 @@ class LocalMesh:
     #: CA file clients verify the router with ("" = plaintext router).
     client_ca: str = ""
     router_process: bool = False
+    #: Envoy in front (needs the envoy extra: ``gateway_available()``).
+    gateway: bool = False
+    #: Envoy worker threads (0: one per core).
+    gateway_concurrency: int = 0
     procs: list[RuntimeProcess] = field(default_factory=list)
     router: RouterServer | None = None
     router_proc: RouterProcess | None = None
     local_etcd: LocalEtcd | None = None
+    gateway_proc: GatewayProcess | None = None
 
     async def start(self) -> None:
         self.data_dir = Path(self.data_dir or tempfile.mkdtemp(prefix="meshserve-"))
@@ -96,21 +110,40 @@ class LocalMesh:
             self.capacity = str(shared_host_capacity(self.runtimes))
         starts = [loop.run_in_executor(None, self._spawn_runtime, i) for i in range(self.runtimes)]
         self.procs = list(await asyncio.gather(*starts))
+        router_listen = f"127.0.0.1:{free_port()}" if self.gateway else self.listen
+        if self.gateway:  # Envoy cannot report a port it picked: pick them here
+            self.listen = _concrete(self.listen)
+            self.rest_listen = _concrete(self.rest_listen) if self.rest_listen else ""
+        # With Envoy in front, the router (gRPC and REST) listens on internal ports behind it.
+        router_rest = f"127.0.0.1:{free_port()}" if self.gateway and self.rest_listen else self.rest_listen
         if self.router_process:
-            self.router_proc = await loop.run_in_executor(None, self.spawn_router, self.listen, "router",
-                                                          self.metrics_listen, 600.0, self.rest_listen)
-            return  # a new router's mirror is loaded (instances included) before it says ready
-        self.router = RouterServer(RouterSettings(
-            etcd=self.etcd, mesh=self.mesh, listen=self.listen, metrics_listen=self.metrics_listen,
-            rest_listen=self.rest_listen, **self.router_options))
-        await self.router.start()
-        # Wait until the router's mirror sees every runtime.
-        deadline = time.monotonic() + 15
-        while len(self.router.mirror.instances) < self.runtimes and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+            # A new router's mirror is loaded (instances included) before it says ready.
+            self.router_proc = await loop.run_in_executor(None, self.spawn_router, router_listen, "router",
+                                                          self.metrics_listen, 600.0, router_rest)
+        else:
+            self.router = RouterServer(RouterSettings(
+                etcd=self.etcd, mesh=self.mesh, listen=router_listen, metrics_listen=self.metrics_listen,
+                rest_listen=router_rest, **self.router_options))
+            await self.router.start()
+            # Wait until the router's mirror sees every runtime.
+            deadline = time.monotonic() + 15
+            while len(self.router.mirror.instances) < self.runtimes and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        if self.gateway:
+            self.gateway_proc = GatewayProcess(listen=self.listen, router=self.router_endpoint, admin_port=free_port(),
+                                               log_path=self.data_dir / "logs" / "gateway.log",
+                                               concurrency=self.gateway_concurrency,
+                                               rest_listen=self.rest_listen,
+                                               router_rest=self.router_rest_endpoint if self.rest_listen else "")
+            await loop.run_in_executor(None, self.gateway_proc.start)
 
     @property
     def endpoint(self) -> str:
+        """The front door: Envoy's listener with ``gateway``, else the router."""
+        return self.listen if self.gateway_proc is not None else self.router_endpoint
+
+    @property
+    def router_endpoint(self) -> str:
         if self.router_proc is not None:
             return self.router_proc.endpoint
         assert self.router is not None
@@ -118,7 +151,14 @@ class LocalMesh:
 
     @property
     def rest_endpoint(self) -> str:
-        """The router's REST HOST:PORT ("" when it serves none)."""
+        """The REST front door: Envoy's REST listener with ``gateway``, else the router's ("" when none)."""
+        if self.gateway_proc is not None and self.rest_listen:
+            return self.rest_listen
+        return self.router_rest_endpoint
+
+    @property
+    def router_rest_endpoint(self) -> str:
+        """The router's own REST HOST:PORT ("" when it serves none)."""
         if self.router_proc is not None:
             return self.router_proc.rest_endpoint
         return self.router.rest_endpoint if self.router is not None else ""
@@ -156,10 +196,13 @@ class LocalMesh:
         return RuntimeProcess(m.group(1), m.group(2), metrics, proc, log_path)
 
     async def stop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.gateway_proc is not None:
+            await loop.run_in_executor(None, self.gateway_proc.terminate)
+            self.gateway_proc = None
         if self.router is not None:
             await self.router.stop()
             self.router = None
-        loop = asyncio.get_running_loop()
         if self.router_proc is not None:
             await loop.run_in_executor(None, self.router_proc.terminate)
             self.router_proc = None
@@ -182,6 +225,17 @@ def shared_host_capacity(runtimes: int, host_bytes: int | None = None, reserve: 
 
     total = host_memory_bytes() if host_bytes is None else host_bytes
     return max(MIN_SHARED_CAPACITY, (total - (runtimes + 1) * reserve) // max(1, runtimes))
+
+
+def gateway_available() -> str:
+    """"" when Envoy can front the mesh, else why not."""
+    try:
+        import envoy.service.discovery.v3  # noqa: F401  (xds-protos)
+    except ImportError:
+        return "xds-protos is not installed"
+    from router.xds.gateway import find_envoy
+
+    return "" if find_envoy() is not None else "the Envoy binary is not installed"
 
 
 def _terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> int:

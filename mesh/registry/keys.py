@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["model", "vmodel", "instance", "copy", "policy", "leader", "drain"]
+Kind = Literal["model", "vmodel", "instance", "copy", "policy", "leader", "drain", "resource"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,7 +13,7 @@ class ParsedKey:
     kind: Kind
     #: model id, vmodel id or instance id; for copies the model id.
     name: str
-    #: For copies, the instance id.
+    #: For copies, the instance id; for resources, the resource name (``name`` is its kind).
     instance_id: str = ""
 
 
@@ -30,6 +30,8 @@ class KeySchema:
         self.drains = self.root + b"drains/"
         self.policy = self.root + b"config/policy"
         self.leader = self.root + b"leader"
+        #: KServe resources applied to the mesh: ``resources/<kind>/<name>``.
+        self.resources = self.root + b"resources/"
 
     def model(self, model_id: str) -> bytes:
         return self.models + model_id.encode()
@@ -45,6 +47,12 @@ class KeySchema:
 
     def drain(self, instance_id: str) -> bytes:
         return self.drains + instance_id.encode()
+
+    def resource(self, kind: str, name: str) -> bytes:
+        return self.resources + f"{kind}/{name}".encode()
+
+    def resources_of(self, kind: str) -> bytes:
+        return self.resources + f"{kind}/".encode()
 
     def copies_of(self, model_id: str) -> bytes:
         return self.copies + f"{model_id}/".encode()
@@ -63,6 +71,9 @@ class KeySchema:
             # Model ids may hold '/', instance ids never do: split on the last one.
             model_id, _, instance_id = key[len(self.copies):].decode().rpartition("/")
             return ParsedKey("copy", model_id, instance_id) if model_id else None
+        if key.startswith(self.resources):
+            kind, _, name = key[len(self.resources):].decode().partition("/")
+            return ParsedKey("resource", kind, name) if kind and name else None
         if key.startswith(self.drains):
             return ParsedKey("drain", key[len(self.drains):].decode())
         if key == self.policy:

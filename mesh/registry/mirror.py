@@ -31,6 +31,7 @@ _DECODERS: dict[str, type[Any]] = {
     "instance": rec.InstanceRecord,
     "copy": rec.CopyRecord,
     "policy": rec.PolicyRecord,
+    "resource": rec.ResourceRecord,
 }
 
 
@@ -48,6 +49,8 @@ class RegistryMirror:
         self.drains: set[str] = set()
         self.policy: rec.PolicyRecord | None = None
         self.policy_revision = 0
+        #: KServe resources: (kind, name) -> record.
+        self.resources: dict[tuple[str, str], rec.ResourceRecord] = {}
         #: Highest store revision applied.
         self.revision = 0
         self.corrupt_records = 0
@@ -115,6 +118,7 @@ class RegistryMirror:
         self.models, self.vmodels, self.instances = fresh.models, fresh.vmodels, fresh.instances
         self.copies, self.policy, self.policy_revision = fresh.copies, fresh.policy, fresh.policy_revision
         self.drains = fresh.drains
+        self.resources = fresh.resources
         self.corrupt_records += fresh.corrupt_records
         self._advance(revision)
 
@@ -171,6 +175,12 @@ class RegistryMirror:
                     del self.copies[parsed.name]
             else:
                 per_model[parsed.instance_id] = record
+            return
+        if parsed.kind == "resource":
+            if record is None:
+                self.resources.pop((parsed.name, parsed.instance_id), None)
+            else:
+                self.resources[(parsed.name, parsed.instance_id)] = record
             return
         if parsed.kind == "policy":
             self.policy = record

@@ -113,10 +113,31 @@ class PolicyRecord:
     updated_ms: int = 0
 
 
-Record = ModelRecord | VModelRecord | InstanceRecord | CopyRecord | PolicyRecord
-R = TypeVar("R", ModelRecord, VModelRecord, InstanceRecord, CopyRecord, PolicyRecord)
+@dataclass(frozen=True, slots=True)
+class ResourceRecord:
+    """A KServe resource applied to the mesh (``meshserve apply``; mesh/kserve/)."""
 
-_TUPLE_FIELDS = {"failures", "model_types"}
+    #: InferenceService, ServingRuntime or ClusterServingRuntime.
+    kind: str
+    name: str
+    namespace: str = ""
+    api_version: str = ""
+    #: The manifest as applied, without ``status`` (what ``get`` shows back).
+    manifest: dict[str, Any] = field(default_factory=dict)
+    #: Fields meshserve ignores, named for the user at every apply and get.
+    warnings: tuple[str, ...] = ()
+    #: Bumped when the spec changes (Kubernetes' metadata.generation).
+    generation: int = 1
+    applied_ms: int = 0
+    #: InferenceService: the concrete model that last got all the traffic (a canary's
+    #: ``canaryTrafficPercent`` splits between it and the new spec's model).
+    rolled_out_model: str = ""
+
+
+Record = ModelRecord | VModelRecord | InstanceRecord | CopyRecord | PolicyRecord | ResourceRecord
+R = TypeVar("R", ModelRecord, VModelRecord, InstanceRecord, CopyRecord, PolicyRecord, ResourceRecord)
+
+_TUPLE_FIELDS = {"failures", "model_types", "warnings"}
 
 
 _FIELDS: dict[type[Any], frozenset[str]] = {}

@@ -183,6 +183,17 @@ class Registry:
         """Marks an instance drained; under its lease, so the mark leaves with it."""
         return await self.store.put(self.keys.drain(instance_id), b"1", lease=lease)
 
+    # -- KServe resources (mesh/kserve/) ------------------------------------
+
+    async def get_resource(self, kind: str, name: str) -> Versioned[rec.ResourceRecord] | None:
+        return await self._get(rec.ResourceRecord, self.keys.resource(kind, name))
+
+    async def put_resource(self, resource: rec.ResourceRecord) -> int:
+        return await self.store.put(self.keys.resource(resource.kind, resource.name), rec.encode(resource))
+
+    async def delete_resource(self, kind: str, name: str) -> bool:
+        return await self.store.delete(self.keys.resource(kind, name))
+
     # -- policy ------------------------------------------------------------
 
     async def get_policy(self) -> Versioned[rec.PolicyRecord] | None:

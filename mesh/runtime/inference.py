@@ -101,7 +101,7 @@ class InferenceServicer:
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         model_id = model_id_from(context, request.name)
         with self._manager.use(model_id, self._instance_id) as entry:
-            return _metadata(entry.model, request.name or model_id)
+            return _metadata(entry.model, model_id)
 
     @translate_errors
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
@@ -166,8 +166,9 @@ class InferenceServicer:
                 cls = errors.InvalidArgument if "InvalidArgument" in type(e).__name__ else errors.Internal
                 raise cls(f"model {model_id!r} failed to run: {type(e).__name__}: {e}") from None
             entry.run.observe(took, nbytes)
+        # The model that ran (the header's concrete id when a vmodel is named in the body).
         response = pb.ModelInferResponse(
-            model_name=request.model_name or model_id, model_version=request.model_version or "1", id=request.id
+            model_name=model_id, model_version=request.model_version or "1", id=request.id
         )
         encode_outputs(response, outputs, model.signature)
         return response

@@ -205,3 +205,49 @@ class SetTrafficSplitRequest(_message.Message):
     owner: str
     sync: bool
     def __init__(self, vmodel_id: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[SplitTarget, _Mapping]]] = ..., owner: _Optional[str] = ..., sync: _Optional[bool] = ...) -> None: ...
+
+class ApplyResourcesRequest(_message.Message):
+    __slots__ = ("manifests",)
+    MANIFESTS_FIELD_NUMBER: _ClassVar[int]
+    manifests: str
+    def __init__(self, manifests: _Optional[str] = ...) -> None: ...
+
+class GetResourcesRequest(_message.Message):
+    __slots__ = ("kind", "name")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class DeleteResourcesRequest(_message.Message):
+    __slots__ = ("manifests", "kind", "name")
+    MANIFESTS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    manifests: str
+    kind: str
+    name: str
+    def __init__(self, manifests: _Optional[str] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class Resource(_message.Message):
+    __slots__ = ("kind", "name", "namespace", "outcome", "warnings", "object_json")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_JSON_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    namespace: str
+    outcome: str
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    object_json: str
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., outcome: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ..., object_json: _Optional[str] = ...) -> None: ...
+
+class ResourcesResponse(_message.Message):
+    __slots__ = ("resources",)
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    resources: _containers.RepeatedCompositeFieldContainer[Resource]
+    def __init__(self, resources: _Optional[_Iterable[_Union[Resource, _Mapping]]] = ...) -> None: ...

@@ -70,6 +70,21 @@ class MeshAdminStub:
                 request_serializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.SetTrafficSplitRequest.SerializeToString,
                 response_deserializer=mesh_dot_proto_dot_mmesh_dot_model__mesh__pb2.VModelStatusInfo.FromString,
                 _registered_method=True)
+        self.ApplyResources = channel.unary_unary(
+                '/meshserve.v1.MeshAdmin/ApplyResources',
+                request_serializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.ApplyResourcesRequest.SerializeToString,
+                response_deserializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.ResourcesResponse.FromString,
+                _registered_method=True)
+        self.GetResources = channel.unary_unary(
+                '/meshserve.v1.MeshAdmin/GetResources',
+                request_serializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.GetResourcesRequest.SerializeToString,
+                response_deserializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.ResourcesResponse.FromString,
+                _registered_method=True)
+        self.DeleteResources = channel.unary_unary(
+                '/meshserve.v1.MeshAdmin/DeleteResources',
+                request_serializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.DeleteResourcesRequest.SerializeToString,
+                response_deserializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.ResourcesResponse.FromString,
+                _registered_method=True)
 
 
 class MeshAdminServicer:
@@ -127,6 +142,26 @@ class MeshAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplyResources(self, request, context):
+        """KServe resources (InferenceService, ServingRuntime, ClusterServingRuntime):
+        applied to the mesh, listed with their status, deleted. README "From KServe / ModelMesh".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetResources(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteResources(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +199,21 @@ def add_MeshAdminServicer_to_server(servicer, server):
                     servicer.SetTrafficSplit,
                     request_deserializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.SetTrafficSplitRequest.FromString,
                     response_serializer=mesh_dot_proto_dot_mmesh_dot_model__mesh__pb2.VModelStatusInfo.SerializeToString,
+            ),
+            'ApplyResources': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyResources,
+                    request_deserializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.ApplyResourcesRequest.FromString,
+                    response_serializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.ResourcesResponse.SerializeToString,
+            ),
+            'GetResources': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetResources,
+                    request_deserializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.GetResourcesRequest.FromString,
+                    response_serializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.ResourcesResponse.SerializeToString,
+            ),
+            'DeleteResources': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteResources,
+                    request_deserializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.DeleteResourcesRequest.FromString,
+                    response_serializer=mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.ResourcesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -355,6 +405,87 @@ class MeshAdmin:
             '/meshserve.v1.MeshAdmin/SetTrafficSplit',
             mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.SetTrafficSplitRequest.SerializeToString,
             mesh_dot_proto_dot_mmesh_dot_model__mesh__pb2.VModelStatusInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyResources(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshserve.v1.MeshAdmin/ApplyResources',
+            mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.ApplyResourcesRequest.SerializeToString,
+            mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.ResourcesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetResources(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshserve.v1.MeshAdmin/GetResources',
+            mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.GetResourcesRequest.SerializeToString,
+            mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.ResourcesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteResources(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshserve.v1.MeshAdmin/DeleteResources',
+            mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.DeleteResourcesRequest.SerializeToString,
+            mesh_dot_proto_dot_meshserve_dot_v1_dot_admin__pb2.ResourcesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,175 @@
+"""The gateway's Envoy bootstrap: a pure function from its settings to Envoy's config (JSON).
+
+Static: the public gRPC listener (routes over RDS from the router), the router
+cluster (fallback for everything not routed straight) and the xDS cluster (the
+router too), the admin interface on 127.0.0.1 only, and optionally a stats
+listener serving only ``/stats/prometheus`` and ``/ready`` (so Prometheus and
+the kubelet reach them without the admin port leaving loopback) and a REST listener in front of the router's
+REST port. Dynamic over ADS: clusters and routes (router/xds/snapshot.py).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from router.xds.snapshot import BODY_HEADER, MAX_REQUEST_BYTES, ROUTE_CONFIG_NAME, ROUTER_CLUSTER
+
+XDS_CLUSTER = "xds"
+ADMIN_CLUSTER = "envoy_admin"
+REST_CLUSTER = "router_rest"
+
+# Reads the model name from field 1 of ModelInfer / ModelMetadata (tritonclient's
+# default: no header) into mm-model-id and mm-body-model (the marker that says the id
+# came from the body: a vmodel first) so the route can be chosen in Envoy. Only the first bytes
+# are read: 5 bytes of gRPC framing, the tag 0x0a, a varint length, the name.
+# A compressed message, or field 1 not first, is left to the router.
+BODY_FILTER = r"""
+local PATHS = {
+  ["/inference.GRPCInferenceService/ModelInfer"] = true,
+  ["/inference.GRPCInferenceService/ModelMetadata"] = true,
+}
+local HEADER = "%s"
+function envoy_on_request(h)
+  local headers = h:headers()
+  headers:remove(HEADER)
+  if not PATHS[headers:get(":path")] then return end
+  if headers:get("mm-model-id") or headers:get("mm-vmodel-id")
+     or headers:get("mm-model-id-bin") or headers:get("mm-vmodel-id-bin") then return end
+  local body = h:body()
+  if body == nil then return end
+  local n = body:length()
+  if n < 8 then return end
+  local head = body:getBytes(0, math.min(n, 300))
+  if head:byte(1) ~= 0 or head:byte(6) ~= 10 then return end
+  local len, mul, i = 0, 1, 7
+  while true do
+    local b = head:byte(i)
+    if b == nil or mul > 2097152 then return end
+    i = i + 1
+    if b < 128 then len = len + b * mul break end
+    len = len + (b - 128) * mul
+    mul = mul * 128
+  end
+  if len == 0 or len > 256 or i + len - 1 > #head then return end
+  local name = head:sub(i, i + len - 1)
+  if not name:find("^[%%w%%._:@%%+=/%%-]+$") then return end
+  -- (the headers object from before body() is out of scope)
+  local after = h:headers()
+  after:add(HEADER, name)
+  after:add("mm-model-id", name)
+  h:clearRouteCache()
+end
+""" % BODY_HEADER
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    #: Public gRPC HOST:PORT.
+    listen: str
+    #: The router's gRPC HOST:PORT (xDS and the fallback for misses and management).
+    router: str
+    admin_port: int
+    node_id: str = "meshserve-gateway"
+    #: HOST:PORT serving only /stats/prometheus; "" = none.
+    stats_listen: str = ""
+    #: Public REST HOST:PORT and the router's REST HOST:PORT; "" = none.
+    rest_listen: str = ""
+    router_rest: str = ""
+    #: Read the model name from request bodies (Lua) when no header names it.
+    body_routing: bool = True
+
+
+def _split(hostport: str) -> tuple[str, int]:
+    host, _, port = hostport.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _addr(hostport: str) -> dict[str, Any]:
+    host, port = _split(hostport)
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _cluster(name: str, hostport: str, *, http2: bool = True) -> dict[str, Any]:
+    host, _ = _split(hostport)
+    ip = bool(re.fullmatch(r"[0-9.]+|[0-9a-fA-F:]+", host))
+    c: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC" if ip else "STRICT_DNS",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name,
+                            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(hostport)}}]}]},
+        "circuit_breakers": {"thresholds": [{"max_connections": 1000000, "max_pending_requests": 1000000,
+                                             "max_requests": 1000000, "max_retries": 1000000}]},
+    }
+    if http2:
+        c["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {"max_concurrent_streams": 10000}}}}
+    return c
+
+
+def _hcm(stat_prefix: str, routes: dict[str, Any], filters: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+                 "HttpConnectionManager",
+        "stat_prefix": stat_prefix,
+        "codec_type": "AUTO",
+        "http2_protocol_options": {"max_concurrent_streams": 10000},
+        # Nothing downstream reads x-request-id; generating one per request is CPU on the hot path.
+        "generate_request_id": False,
+        **routes,
+        "http_filters": [*filters, {"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+    }}
+
+
+def _static_routes(name: str, cluster: str, paths: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Everything to ``cluster``, or only these exact paths (anything else: 404)."""
+    matches = [{"path": p} for p in paths] or [{"prefix": "/"}]
+    return {"route_config": {"name": name, "virtual_hosts": [{
+        "name": name, "domains": ["*"],
+        "routes": [{"match": m, "route": {"cluster": cluster, "timeout": "0s"}} for m in matches]}]}}
+
+
+def _listener(name: str, hostport: str, hcm: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "address": _addr(hostport),
+            "per_connection_buffer_limit_bytes": MAX_REQUEST_BYTES,
+            "filter_chains": [{"filters": [hcm]}]}
+
+
+def bootstrap(cfg: GatewayConfig) -> dict[str, Any]:
+    filters = []
+    if cfg.body_routing:
+        filters.append({"name": "envoy.filters.http.lua", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": BODY_FILTER}}})
+    rds = {"rds": {"route_config_name": ROUTE_CONFIG_NAME,
+                   "config_source": {"ads": {}, "resource_api_version": "V3"}}}
+    listeners = [_listener("grpc", cfg.listen, _hcm("grpc", rds, filters))]
+    clusters = [_cluster(ROUTER_CLUSTER, cfg.router), _cluster(XDS_CLUSTER, cfg.router)]
+    if cfg.stats_listen:
+        listeners.append(_listener("stats", cfg.stats_listen, _hcm(
+            "stats", _static_routes("stats", ADMIN_CLUSTER, ("/stats/prometheus", "/ready")), [])))
+        clusters.append(_cluster(ADMIN_CLUSTER, f"127.0.0.1:{cfg.admin_port}", http2=False))
+    if cfg.rest_listen and cfg.router_rest:
+        listeners.append(_listener("rest", cfg.rest_listen, _hcm("rest", _static_routes("rest", REST_CLUSTER), [])))
+        clusters.append(_cluster(REST_CLUSTER, cfg.router_rest, http2=False))
+    return {
+        "node": {"id": cfg.node_id, "cluster": "meshserve-gateway"},
+        # Loopback only: the admin API can change Envoy's state.
+        "admin": {"address": _addr(f"127.0.0.1:{cfg.admin_port}")},
+        "dynamic_resources": {
+            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3", "set_node_on_first_message_only": True,
+                           "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}]},
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+        # A bound on downstream connections (Envoy warns at start without one).
+        "overload_manager": {"resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.resource_monitors."
+                                      "downstream_connections.v3.DownstreamConnectionsConfig",
+                             "max_active_downstream_connections": 100000}}]},
+    }
