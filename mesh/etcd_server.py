@@ -45,7 +45,11 @@ class LocalEtcd:
     """One etcd member on loopback with its own data dir; restartable in place."""
 
     def __init__(self, data_dir: str | Path | None = None, *, host: str = "127.0.0.1",
-                 port: int = 0, log_path: str | Path | None = None) -> None:
+                 port: int = 0, log_path: str | Path | None = None,
+                 tls: tuple[str, str, str] | None = None) -> None:
+        """``tls``: (certificate, key, client CA) PEM files: serve clients over TLS and
+        require client certificates the CA signed (etcd's --client-cert-auth)."""
+        self.tls = tls
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="meshserve-etcd-"))
         self.host = host
@@ -66,14 +70,17 @@ class LocalEtcd:
     def start(self, timeout_s: float = 20.0) -> None:
         binary = find_etcd()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        client = f"http://{self.host}:{self.port}"
+        client = f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+        tls_args = [] if self.tls is None else [
+            "--cert-file", self.tls[0], "--key-file", self.tls[1], "--trusted-ca-file", self.tls[2],
+            "--client-cert-auth"]
         peer = f"http://{self.host}:{self.peer_port}"
         log = open(self.log_path, "ab")
         self._proc = subprocess.Popen(
             [binary, "--name", "meshserve", "--data-dir", str(self.data_dir / "data"),
              "--listen-client-urls", client, "--advertise-client-urls", client,
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", f"meshserve={peer}", "--log-level", "warn"],
+             "--initial-cluster", f"meshserve={peer}", "--log-level", "warn", *tls_args],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "ETCD_UNSUPPORTED_ARCH": os.environ.get("ETCD_UNSUPPORTED_ARCH", "")},
         )

@@ -93,6 +93,20 @@ class CommonSettings(BaseSettings):
     etcd_timeout_s: float = 5.0
     #: Python log level.
     log_level: str = "INFO"
+    #: TLS for this process's gRPC port: a PEM certificate (chain) and its key, re-read
+    #: when they change (a rotated Secret needs no restart). "" = plaintext.
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: PEM CA bundle: with it, clients must present a certificate it signed (mTLS).
+    tls_client_ca: str = ""
+    #: HOST:PORT of a plaintext port serving only grpc.health.v1 (kubelet gRPC probes
+    #: cannot speak TLS); "" = none.
+    health_listen: str = ""
+    #: etcd over TLS: the CA that signed etcd's certificate, and this process's client
+    #: certificate and key (etcd's --client-cert-auth). All "" = plaintext etcd.
+    etcd_ca: str = ""
+    etcd_cert: str = ""
+    etcd_key: str = ""
 
     @field_validator("etcd")
     @classmethod

@@ -202,9 +202,14 @@ class Loader:
                 # Did not fit there, or the runtime is gone: another instance may do.
                 log.info("load of %s on %s: %s; trying elsewhere", model_id, instance_id, e)
                 tried.add(instance_id)
-                if isinstance(e, Unavailable):
+                answered = getattr(e, "from_runtime", False)
+                if isinstance(e, Unavailable) and not answered:  # unreachable, not "its storage is"
                     self._table.suspect(instance_id)
                 last_error = e
+                if answered:
+                    # The runtime answered (storage unreachable, disk cache full): the model's
+                    # status must say why, even though another instance may still succeed.
+                    await self._record_failure(model_id, instance_id, str(e))
             except _Lost:
                 # Another router claimed it first: wait for that load to show.
                 await self._table.wait_for_change(model_id, min(remaining, 0.5))
@@ -239,7 +244,10 @@ class Loader:
             await self._cleanup_failed(model.model_id, instance_id, inst.endpoint, e.code())
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise DeadlineExceeded(f"loading model {model.model_id!r} on {instance_id} timed out after {timeout:.1f}s") from None
-            raise from_rpc_error(e, f"loading model {model.model_id!r} on runtime {instance_id}") from None
+            err = from_rpc_error(e, f"loading model {model.model_id!r} on runtime {instance_id}")
+            # A runtime shutting down answers UNAVAILABLE too: that is no fault of the model.
+            err.from_runtime = "shutting down" not in (e.details() or "")  # type: ignore[attr-defined]
+            raise err from None
         except asyncio.CancelledError:
             await asyncio.shield(self._cleanup_failed(model.model_id, instance_id, inst.endpoint, grpc.StatusCode.CANCELLED))
             raise

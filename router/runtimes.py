@@ -9,12 +9,17 @@ import grpc
 
 from mesh.proto.mmesh import model_runtime_pb2 as spi
 from mesh.proto.mmesh import model_runtime_pb2_grpc as spi_grpc
+from mesh.security.tls import ChannelTls, aio_channel
 
 
 class RuntimeClients:
     """One channel per runtime endpoint, reused for every call."""
 
-    def __init__(self, max_message_bytes: int) -> None:
+    def __init__(self, max_message_bytes: int, *, tls: ChannelTls | None = None, token: str = "") -> None:
+        """``tls``: runtimes serve TLS (and may want this router's certificate);
+        ``token``: presented on SPI calls (never on forwarded inference)."""
+        self._tls = tls
+        self._spi_md: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self._options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -30,7 +35,7 @@ class RuntimeClients:
     def _channel(self, endpoint: str) -> grpc.aio.Channel:
         ch = self._channels.get(endpoint)
         if ch is None:
-            ch = self._channels[endpoint] = grpc.aio.insecure_channel(endpoint, options=self._options)
+            ch = self._channels[endpoint] = aio_channel(endpoint, self._tls, self._options)
         return ch
 
     def raw(self, endpoint: str, method: str) -> Any:
@@ -52,11 +57,12 @@ class RuntimeClients:
         """``mesh_full``: no eligible runtime had room, so the runtime's churn guard applies
         (the ``meshserve-mesh-full`` header; other ModelMesh runtimes ignore it)."""
         req = spi.LoadModelRequest(modelId=model_id, modelType=type_, modelPath=path, modelKey=key)
-        metadata = (("meshserve-mesh-full", "1"),) if mesh_full else ()
+        metadata = self._spi_md + ((("meshserve-mesh-full", "1"),) if mesh_full else ())
         return await self.spi(endpoint).loadModel(req, timeout=timeout_s, metadata=metadata)
 
     async def unload_model(self, endpoint: str, model_id: str, timeout_s: float = 30.0) -> None:
-        await self.spi(endpoint).unloadModel(spi.UnloadModelRequest(modelId=model_id), timeout=timeout_s)
+        await self.spi(endpoint).unloadModel(spi.UnloadModelRequest(modelId=model_id), timeout=timeout_s,
+                                              metadata=self._spi_md)
 
     def forget(self, endpoint: str) -> None:
         """Drops the channel of an instance that left."""

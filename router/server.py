@@ -19,6 +19,11 @@ from mesh.registry.keys import KeySchema
 from mesh.registry.mirror import RegistryMirror
 from mesh.registry.registry import Registry
 from mesh.registry.store import KVStore
+from mesh.security.auth import header_token_check, router_gates
+from mesh.security.guard import GuardedServer, enable_reflection
+from mesh.security.health_port import start_health_port
+from mesh.security.tls import add_port, channel_tls, server_tls
+from mesh.security.tokens import TokenFile
 from mesh.tasks import TaskSet
 from router.admin import Admin
 from router.forward import Forwarder
@@ -57,13 +62,19 @@ class RouterServer:
         # Components read the tunables the policy document may override through this view.
         settings = tuned(settings, self.policy.live)
         self.store: KVStore = store or EtcdStore(settings.etcd, timeout_s=settings.etcd_timeout_s,
-                                                 on_error=self.metrics.etcd_error)
+                                                 on_error=self.metrics.etcd_error,
+                                                 tls=channel_tls(settings.etcd_ca, settings.etcd_cert, settings.etcd_key))
         self.keys = KeySchema(settings.mesh)
         self.registry = Registry(self.store, self.keys)
         self.mirror = RegistryMirror(self.store, self.keys)
         self.table = RoutingTable(self.mirror, self.clock, splits=SplitChooser(settings.split_seed))
         self.table.on_split = lambda vmodel_id, model_id: self.metrics.split_requests.labels(vmodel_id, model_id).inc()
-        self.runtimes = RuntimeClients(settings.max_message_bytes)
+        self.tls = server_tls(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        self.tokens = TokenFile(settings.auth_token_file) if settings.auth_token_file else None
+        spi_token = TokenFile(settings.runtime_token_file).first() if settings.runtime_token_file else ""
+        self.runtimes = RuntimeClients(settings.max_message_bytes,
+                                       tls=channel_tls(settings.runtime_ca, settings.runtime_cert, settings.runtime_key),
+                                       token=spi_token)
         self.resources = ResourceIndex(self.mirror)
         # InferenceService models go only where an applied ServingRuntime (or none) lets them.
         placement = with_serving_runtimes(self.policy.placement, self.resources.runtimes)
@@ -86,6 +97,7 @@ class RouterServer:
                              self.runtimes, self.clock)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
         self.xds: XdsCache | None = None
         self.port = 0
         self.metrics_port = 0
@@ -112,29 +124,35 @@ class RouterServer:
         opts = [("grpc.max_send_message_length", self.settings.max_message_bytes),
                 ("grpc.max_receive_message_length", self.settings.max_message_bytes)]
         server = grpc.aio.server(options=opts)
-        model_mesh_pb2_grpc.add_ModelMeshServicer_to_server(self.management, server)
-        admin_pb2_grpc.add_MeshAdminServicer_to_server(self.admin, server)
-        server.add_generic_rpc_handlers([self.frontdoor.handler()])
-        self._add_xds(server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection([
+        # Registered through the guard: undecodable bodies are INVALID_ARGUMENT, tokens checked.
+        guarded = GuardedServer(server, router_gates(self.tokens, self.settings.auth_inference))
+        model_mesh_pb2_grpc.add_ModelMeshServicer_to_server(self.management, guarded)
+        admin_pb2_grpc.add_MeshAdminServicer_to_server(self.admin, guarded)
+        guarded.add_generic_rpc_handlers([self.frontdoor.handler()])
+        self._add_xds(server)  # Envoy's xDS: not a client API
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, guarded)
+        enable_reflection([
             model_mesh_pb2.DESCRIPTOR.services_by_name["ModelMesh"].full_name,
             admin_pb2.DESCRIPTOR.services_by_name["MeshAdmin"].full_name,
             V2_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME,
-        ], server)
-        self.port = server.add_insecure_port(self.settings.listen)
+        ], guarded)
+        self.port = add_port(server, self.settings.listen, self.tls)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.listen}")
         await server.start()
         self._server = server
         if self.settings.rest_listen:
-            rest = RestServer(self.core, self.settings.rest_listen, self.settings.max_message_bytes, VERSION)
+            authorize = header_token_check(self.tokens) if self.tokens and self.settings.auth_inference else None
+            rest = RestServer(self.core, self.settings.rest_listen, self.settings.max_message_bytes, VERSION,
+                              authorize=authorize)
             try:
                 await rest.start()
             except OSError:
                 await server.stop(0)
                 raise
             self.rest = rest
+        if self.settings.health_listen:
+            self._health_server = await start_health_port(self.settings.health_listen, self.health)
         m = self.metrics
         m.registered.set_function(lambda: len(self.mirror.models))
         m.instances.set_function(lambda: len(self.mirror.instances))
@@ -187,6 +205,8 @@ class RouterServer:
             doors.append(self.rest.stop())
         await asyncio.gather(*doors)
         self.rest = None
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         await self.tasks.close()
         await self.mirror.stop()
         await self.runtimes.close()

@@ -41,6 +41,19 @@ class RouterSettings(CommonSettings):
     #: Per-model metric labels (``meshserve_model_requests_total{model,code}``,
     #: ``meshserve_model_copies{model}``); off: thousands of models, thousands of series.
     metrics_per_model: bool = False
+    #: Bearer tokens (one a line, re-read on change) that management calls
+    #: (``mmesh.ModelMesh``, ``meshserve.v1.MeshAdmin``) must carry; "" = no tokens.
+    auth_token_file: str = ""
+    #: With ``auth_token_file``: inference (KServe V2) needs a token too.
+    auth_inference: bool = False
+    #: Router -> runtime calls over TLS: the CA that signed the runtimes' certificates,
+    #: and this router's client certificate and key (runtimes that require mTLS).
+    runtime_ca: str = ""
+    runtime_cert: str = ""
+    runtime_key: str = ""
+    #: A file whose first token this router presents on SPI calls to runtimes that
+    #: require one (their ``spi_token_file``); "" = none.
+    runtime_token_file: str = ""
     #: Seed of the per-request draw of traffic-split targets (unset: random). Callers
     #: sending ``mm-split-key`` get a draw fixed by that key instead.
     split_seed: int | None = None

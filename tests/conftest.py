@@ -6,6 +6,8 @@ without seeing each other's keys.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,6 +19,19 @@ from mesh.etcd_server import LocalEtcd
 from mesh.registry.etcd_store import EtcdStore
 from mesh.registry.keys import KeySchema
 from mesh.registry.memory_store import MemoryStore
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _model_roots_in_temp() -> Iterator[None]:
+    """Test models live in temp folders: runtimes (in-process settings, spawned processes)
+    may load local paths from there (a runtime's default roots are only /mnt/models)."""
+    key = "MESHSERVE_MODEL_ROOTS"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = tempfile.gettempdir()
+    yield
+    os.environ.pop(key, None)
 
 
 @pytest.fixture(scope="session")

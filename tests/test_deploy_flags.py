@@ -199,6 +199,11 @@ def test_ports_agree_across_args_probes_and_services(variant: str, index: int) -
     assert listen == ports[GRPC_PORT[process]] == DEFAULT_PORTS[process]
     metrics_flag, metrics_port = METRICS_PORT[process]
     assert parse_host_port(flags[metrics_flag])[1] == ports[metrics_port]
+    # A TLS port cannot answer kubelet probes: they go to the plaintext health port then.
+    health = env_values(objs, container).get("MESHSERVE_HEALTH_LISTEN")
+    probe_ports = (listen, GRPC_PORT[process]) if health is None else (parse_host_port(health)[1], "health")
+    if health is not None:
+        assert ports["health"] == parse_host_port(health)[1]
     if process == "gateway":  # KServe's REST port (issue #11), passed on to the router's REST listener
         assert parse_host_port(flags["--rest-listen"])[1] == ports["http"] == 8008
         router = next(c for c in spec["containers"] if c["name"] == "router")
@@ -207,7 +212,7 @@ def test_ports_agree_across_args_probes_and_services(variant: str, index: int) -
         if process == "gateway":  # Envoy's own readiness, served by its stats listener
             assert container[probe]["httpGet"] == {"path": "/ready", "port": metrics_port}
         else:
-            assert container[probe]["grpc"]["port"] in (listen, GRPC_PORT[process])
+            assert container[probe]["grpc"]["port"] in probe_ports
     advertise = env_values(objs, container).get("MESHSERVE_ADVERTISE", flags.get("--advertise"))
     if advertise is not None:
         assert parse_host_port(advertise)[1] == listen, "routers would dial the wrong port"

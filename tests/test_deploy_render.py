@@ -23,7 +23,9 @@ VARIANTS = sorted(variants())
 #: The oldest Kubernetes deploy/README.md promises (native gRPC probes are GA in
 #: 1.27) and the newest the schemas know.
 K8S_VERSIONS = ["1.27.0", kubernetes_validate.utils.latest_version()]
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "Certificate", "Issuer"}
+#: Secrets the operator creates (deploy/README.md "TLS and tokens"), not rendered here.
+OPERATOR_SECRETS = {"meshserve-auth"}
 #: Metric names of issue #7 that the dashboard is built on (README "Metrics"; the
 #: end-to-end test in tests/test_metrics_e2e.py scrapes them from real processes).
 METRICS = {
@@ -117,7 +119,11 @@ def test_meshserve_pods_probe_over_grpc_and_drain(variant: str) -> None:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_references_between_objects_resolve(variant: str) -> None:
     objs = rendered(variant)
-    config_maps, secrets = by_kind(objs, "ConfigMap"), by_kind(objs, "Secret")
+    config_maps, secrets = by_kind(objs, "ConfigMap"), set(by_kind(objs, "Secret")) | OPERATOR_SECRETS
+    # cert-manager writes each Certificate's Secret; CA issuers read one.
+    secrets |= {c["spec"]["secretName"] for c in objs if c["kind"] == "Certificate"}
+    for issuer in (o for o in objs if o["kind"] == "Issuer" and "ca" in o["spec"]):
+        assert issuer["spec"]["ca"]["secretName"] in secrets
     services = by_kind(objs, "Service")
     workloads = {o["metadata"]["name"]: o for o, _ in pod_specs(objs)}
     pod_labels = [w["spec"]["template"]["metadata"]["labels"] for w in workloads.values()]

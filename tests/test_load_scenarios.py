@@ -169,3 +169,19 @@ def test_rest_smoke(tmp_path: Path) -> None:
         assert_latency(s[path]["open_loop"])
         assert s[path]["saturated"]["ok_per_s"] > 0 and s[path]["saturated"]["errors"] == 0
     assert s["ratios"]["rest-binary_over_grpc"]["saturated_rps"] > 0
+
+
+@pytest.mark.timeout(280)
+def test_faults_smoke(tmp_path: Path) -> None:
+    s = run_scenario(tmp_path, "faults", "--runtimes", "2", "--multi", "2", "--single", "2", "--rate", "10",
+                     "--phase-s", "2", "--etcd-outage-s", "2", "--faults", "abcde")
+    # (a) SIGKILL: multi-copy models keep being served; (c) a router restart loses no registration.
+    assert s["a_runtime_sigkill"]["multi_copy"]["failed"] == 0, s["a_runtime_sigkill"]["multi_copy"]
+    c = s["c_router_restart"]
+    assert c["before"]["registrations"] == c["after"]["registrations"]
+    # (b) writes during an etcd outage are UNAVAILABLE, never served as if stored.
+    assert set(s["b_etcd_outage"]["observed"]["writes_during_outage"]) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
+    # (d) bad storage and (e) a model over the disk budget fail with their reason; runtimes stay ready.
+    d, e = s["d_bad_storage"]["observed"], s["e_cache_budget"]["observed"]
+    assert d["corrupt"]["errors"] and all(d["runtimes_ready"].values())
+    assert d["unreachable"]["errors"] and e["too_big"]["errors"] and all(e["runtimes_ready"].values())

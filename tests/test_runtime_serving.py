@@ -205,8 +205,9 @@ def test_spi_refuses_bad_loads_without_attempting_them(spi: Spi, models: dict[st
     ):
         err = rpc_error(lambda: spi.load(model_id, path, model_type=model_type))
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and words in err.details(), err
-    err = rpc_error(lambda: spi.load("missing-file", "/nonexistent/model.onnx"))
-    assert err.code() == grpc.StatusCode.NOT_FOUND and "/nonexistent/model.onnx" in err.details()
+    missing = str(Path(models["onnx"]).parent / "nonexistent" / "model.onnx")  # inside the model roots
+    err = rpc_error(lambda: spi.load("missing-file", missing))
+    assert err.code() == grpc.StatusCode.NOT_FOUND and missing in err.details()
     # The puller is wired in: a remote URI without credentials says what to configure.
     err = rpc_error(lambda: spi.load("remote", "s3://bucket/model.onnx"))
     assert "no credentials" in err.details() and "storage_key" in err.details()

@@ -15,8 +15,8 @@ from typing import Any
 import grpc
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mesh.errors import InvalidArgument, MeshError
-from mesh.grpc_errors import from_rpc_error
+from mesh.cli.connect import add_connection_arguments, overrides, report, router_channel
+from mesh.errors import InvalidArgument
 
 HELPS = {
     "register": "register a model with the mesh (ModelMesh registerModel)",
@@ -35,6 +35,12 @@ class ClientSettings(BaseSettings):
     router: str = "127.0.0.1:8033"
     #: Seconds to wait for one call (a sync register or a cold inference may load a model).
     timeout_s: float = 120.0
+    #: Bearer token sent on every call (routers with --auth-token-file); never printed.
+    token: str = ""
+    #: PEM CA of the router's certificate ("" = plaintext), and an optional client certificate.
+    tls_ca: str = ""
+    client_cert: str = ""
+    client_key: str = ""
 
 
 def help_for(name: str) -> str:
@@ -42,7 +48,7 @@ def help_for(name: str) -> str:
 
 
 def add_arguments_for(name: str, p: argparse.ArgumentParser) -> None:
-    p.add_argument("--router", help="router HOST:PORT (env MESHSERVE_ROUTER; default 127.0.0.1:8033)")
+    add_connection_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     if name in ("register", "unregister", "status", "infer"):
         p.add_argument("id", help="model id" + (" (or vmodel id with --vmodel)" if name in ("status", "infer") else ""))
@@ -93,19 +99,12 @@ def run(args: argparse.Namespace) -> int:
 
 def with_router(args: argparse.Namespace, command: Callable[[argparse.Namespace, grpc.Channel, float], int]) -> int:
     """Runs ``command(args, channel, timeout_s)`` against ``--router``; RPC errors become a one-line message."""
-    overrides = {"router": args.router} if args.router else {}
-    settings = ClientSettings(**overrides)
-    channel = grpc.insecure_channel(settings.router, options=[("grpc.max_receive_message_length", 256 * 2**20)])
+    settings = ClientSettings(**overrides(args))
+    channel = router_channel(settings, options=[("grpc.max_receive_message_length", 256 * 2**20)])
     try:
         return command(args, channel, settings.timeout_s)
     except grpc.RpcError as e:
-        code = e.code()  # type: ignore[attr-defined]
-        if code == grpc.StatusCode.UNAVAILABLE:
-            raise MeshError(f"cannot reach the router at {settings.router} ({e.details()}); "  # type: ignore[attr-defined]
-                            "start one (meshserve up) or set --router / MESHSERVE_ROUTER") from None
-        err = from_rpc_error(e)
-        print(f"meshserve {args.command}: {code.name}: {err}", file=sys.stderr)
-        return 1
+        return report(e, channel, settings, args.command)
     finally:
         channel.close()
 

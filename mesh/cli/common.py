@@ -22,6 +22,19 @@ def add_registry_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mesh", help="mesh name; keys live under /meshserve/<mesh>/ (env MESHSERVE_MESH)")
 
 
+def add_tls_arguments(p: argparse.ArgumentParser) -> None:
+    """Server TLS of this process's gRPC port, and etcd client TLS (files re-read on change)."""
+    p.add_argument("--tls-cert", help="PEM certificate (chain) to serve TLS with (env MESHSERVE_TLS_CERT)")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert (env MESHSERVE_TLS_KEY)")
+    p.add_argument("--tls-client-ca", help="PEM CA bundle; clients must present a certificate it signed "
+                   "(mTLS; env MESHSERVE_TLS_CLIENT_CA)")
+    p.add_argument("--health-listen", help="HOST:PORT of a plaintext port serving only gRPC health, for kubelet "
+                   "probes of a TLS port (env MESHSERVE_HEALTH_LISTEN)")
+    p.add_argument("--etcd-ca", help="PEM CA of etcd's certificate: talk TLS to etcd (env MESHSERVE_ETCD_CA)")
+    p.add_argument("--etcd-cert", help="PEM client certificate for etcd (env MESHSERVE_ETCD_CERT)")
+    p.add_argument("--etcd-key", help="PEM key of --etcd-cert (env MESHSERVE_ETCD_KEY)")
+
+
 def build_settings(cls: Callable[..., S], args: argparse.Namespace, **extra: Any) -> S:
     """Flags given on the command line win over ``MESHSERVE_*`` variables."""
     values = {k: v for k, v in vars(args).items() if v is not None and not k.startswith("_") and k != "command"}

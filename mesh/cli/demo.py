@@ -47,7 +47,9 @@ async def run_demo(local: LocalMesh) -> int:
         await loop.run_in_executor(None, modelgen.write_onnx_mlp, spec, path)
         specs[f"demo/mlp-{i:02d}"] = (spec, path)
 
-    channel = grpc.aio.insecure_channel(local.endpoint)
+    from mesh.security.tls import aio_channel, channel_tls
+
+    channel = aio_channel(local.endpoint, channel_tls(local.client_ca, "", ""))
     mesh = mm_grpc.ModelMeshStub(channel)
     infer = v2_grpc.GRPCInferenceServiceStub(channel)
     admin = adm_grpc.MeshAdminStub(channel)

@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mesh.errors import Unavailable
 from mesh.etcd_server import LocalEtcd, free_port
@@ -76,6 +77,15 @@ class LocalMesh:
     runtime_args: tuple[str, ...] = ()
     #: Extra environment for the runtime processes (e.g. MESHSERVE_EVICTION_POLICY).
     runtime_env: dict[str, str] = field(default_factory=dict)
+    #: Folders the runtimes may load local model paths from (their --model-roots);
+    #: empty: the data dir, the current folder and the system temp folder.
+    model_roots: tuple[str, ...] = ()
+    #: Extra router settings (RouterSettings fields: TLS, tokens, runtime CA...).
+    router_options: dict[str, Any] = field(default_factory=dict)
+    #: (certificate, key, client CA) for the local etcd: TLS with client certificates.
+    etcd_tls: tuple[str, str, str] | None = None
+    #: CA file clients verify the router with ("" = plaintext router).
+    client_ca: str = ""
     router_process: bool = False
     #: Envoy in front (needs the envoy extra: ``gateway_available()``).
     gateway: bool = False
@@ -92,9 +102,12 @@ class LocalMesh:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
         if self.etcd is None:
-            self.local_etcd = LocalEtcd(self.data_dir / "etcd")
+            self.local_etcd = LocalEtcd(self.data_dir / "etcd", tls=self.etcd_tls)
             await loop.run_in_executor(None, self.local_etcd.start)
             self.etcd = self.local_etcd.endpoint
+        if self.capacity is None and "--device" not in self.runtime_args:
+            # Runtimes on one host share its memory: each derived alone would claim all of it.
+            self.capacity = str(shared_host_capacity(self.runtimes))
         starts = [loop.run_in_executor(None, self._spawn_runtime, i) for i in range(self.runtimes)]
         self.procs = list(await asyncio.gather(*starts))
         router_listen = f"127.0.0.1:{free_port()}" if self.gateway else self.listen
@@ -110,7 +123,7 @@ class LocalMesh:
         else:
             self.router = RouterServer(RouterSettings(
                 etcd=self.etcd, mesh=self.mesh, listen=router_listen, metrics_listen=self.metrics_listen,
-                rest_listen=router_rest))
+                rest_listen=router_rest, **self.router_options))
             await self.router.start()
             # Wait until the router's mirror sees every runtime.
             deadline = time.monotonic() + 15
@@ -159,6 +172,9 @@ class LocalMesh:
                 "--mesh", self.mesh, "--rest-listen", rest_listen]
         if metrics_listen:
             args += ["--metrics-listen", metrics_listen]
+        for k, v in self.router_options.items():
+            flag = "--" + k.replace("_", "-")
+            args += [flag] if v is True else [] if v is False else [flag, str(v)]
         started = time.monotonic()
         proc = _popen(args, log_path, {})
         m = _wait_ready(proc, log_path, _ROUTER_READY, name, timeout_s)
@@ -170,7 +186,9 @@ class LocalMesh:
         metrics = f"127.0.0.1:{free_port()}"
         args = [sys.executable, "-m", "mesh.cli", "runtime", "--listen", "127.0.0.1:0", "--etcd", self.etcd,
                 "--mesh", self.mesh, "--instance-id", f"runtime-{i}", "--metrics-listen", metrics,
-                "--cache-dir", str(self.data_dir / f"cache-{i}"), *self.runtime_args]
+                "--cache-dir", str(self.data_dir / f"cache-{i}"),
+                "--model-roots", ",".join(self.model_roots or (str(self.data_dir), os.getcwd(), tempfile.gettempdir())),
+                *self.runtime_args]
         if self.capacity:
             args += ["--capacity", self.capacity]
         proc = _popen(args, log_path, self.runtime_env)
@@ -192,6 +210,21 @@ class LocalMesh:
         self.procs = []
         if self.local_etcd is not None:
             await loop.run_in_executor(None, self.local_etcd.stop)
+
+
+#: Kept back per process (interpreter, libraries, buffers), as a runtime's own reserve.
+PROCESS_RESERVE = 2 * 2**30
+MIN_SHARED_CAPACITY = 256 * 2**20
+
+
+def shared_host_capacity(runtimes: int, host_bytes: int | None = None, reserve: int = PROCESS_RESERVE) -> int:
+    """Model memory per runtime when ``runtimes`` share this host (or its cgroup limit):
+    the host minus one reserve per runtime and one for etcd and the router, divided
+    evenly; at least 256 MiB."""
+    from mesh.runtime.sizing import host_memory_bytes
+
+    total = host_memory_bytes() if host_bytes is None else host_bytes
+    return max(MIN_SHARED_CAPACITY, (total - (runtimes + 1) * reserve) // max(1, runtimes))
 
 
 def gateway_available() -> str:

@@ -15,8 +15,8 @@ import grpc
 
 from mesh.cli.client_cmds import ClientSettings
 from mesh.cli.common import read_file_arg
-from mesh.errors import InvalidArgument, MeshError
-from mesh.grpc_errors import from_rpc_error
+from mesh.cli.connect import add_connection_arguments, overrides, report, router_channel
+from mesh.errors import InvalidArgument
 
 HELP = "show, set or validate the policy document (eviction, placement, router tunables)"
 
@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="get: the document in effect; set FILE: validate and store it (every router and runtime "
                         "applies it within a second); validate [FILE]: check it offline")
     p.add_argument("file", nargs="?", help="JSON or YAML document; '-' or none (validate) reads stdin")
-    p.add_argument("--router", help="router HOST:PORT (env MESHSERVE_ROUTER; default 127.0.0.1:8033)")
+    add_connection_arguments(p)
     p.add_argument("--expected-revision", type=int, default=0,
                    help="set: only if the stored document is still at this revision (from get)")
     p.add_argument("--router-side", action="store_true", help="validate: ask the router instead of checking locally")
@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from mesh.proto.meshserve.v1 import admin_pb2 as adm
     from mesh.proto.meshserve.v1 import admin_pb2_grpc as adm_grpc
 
-    settings = ClientSettings(**({"router": args.router} if args.router else {}))
-    channel = grpc.insecure_channel(settings.router)
+    settings = ClientSettings(**overrides(args))
+    channel = router_channel(settings)
     try:
         stub = adm_grpc.MeshAdminStub(channel)
         if args.action == "get":
@@ -74,11 +74,6 @@ def run(args: argparse.Namespace) -> int:
         _print(args, out.document, out.revision, "valid" if args.action == "validate" else "stored")
         return 0
     except grpc.RpcError as e:
-        code = e.code()  # type: ignore[attr-defined]
-        if code == grpc.StatusCode.UNAVAILABLE:
-            raise MeshError(f"cannot reach the router at {settings.router} ({e.details()}); "  # type: ignore[attr-defined]
-                            "start one (meshserve up) or set --router / MESHSERVE_ROUTER") from None
-        print(f"meshserve policy {args.action}: {code.name}: {from_rpc_error(e)}", file=sys.stderr)
-        return 1
+        return report(e, channel, settings, f"policy {args.action}")
     finally:
         channel.close()

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from typing import TYPE_CHECKING
 
-from mesh.cli.common import add_registry_arguments, build_settings, run_until_signal, setup_logging
+from mesh.cli.common import add_registry_arguments, add_tls_arguments, build_settings, run_until_signal, setup_logging
 
 if TYPE_CHECKING:
     from router.settings import RouterSettings
@@ -27,6 +27,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy-file", dest="policy_file",
                    help="policy document (JSON/YAML) used while the registry's config/policy is unset "
                         "(env MESHSERVE_POLICY_FILE)")
+    add_tls_arguments(p)
+    p.add_argument("--auth-token-file", help="bearer tokens, one a line (re-read on change): management calls need "
+                   "'authorization: Bearer <token>' (env MESHSERVE_AUTH_TOKEN_FILE)")
+    p.add_argument("--auth-inference", action="store_true", default=None,
+                   help="with --auth-token-file: inference needs a token too (env MESHSERVE_AUTH_INFERENCE)")
+    p.add_argument("--runtime-ca", help="PEM CA of the runtimes' certificates: call runtimes over TLS "
+                   "(env MESHSERVE_RUNTIME_CA)")
+    p.add_argument("--runtime-cert", help="PEM client certificate presented to runtimes (env MESHSERVE_RUNTIME_CERT)")
+    p.add_argument("--runtime-key", help="PEM key of --runtime-cert (env MESHSERVE_RUNTIME_KEY)")
+    p.add_argument("--runtime-token-file", help="file whose first token is presented on SPI calls to runtimes "
+                   "(their --spi-token-file; env MESHSERVE_RUNTIME_TOKEN_FILE)")
 
 
 def settings_from(args: argparse.Namespace) -> "RouterSettings":

@@ -11,7 +11,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from mesh.cli.common import add_registry_arguments, build_settings, run_until_signal, setup_logging
+from mesh.cli.common import add_registry_arguments, add_tls_arguments, build_settings, run_until_signal, setup_logging
 from mesh.fetcher import Fetcher, PullObserver
 from mesh.runtime.settings import RuntimeSettings
 
@@ -34,6 +34,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "the policy document sets none for this runtime (env MESHSERVE_EVICTION_POLICY; default lru)")
     p.add_argument("--policy-file", help="policy document (JSON/YAML) used while the registry's config/policy is "
                    "unset (env MESHSERVE_POLICY_FILE)")
+    add_tls_arguments(p)
+    p.add_argument("--spi-token-file", help="tokens (one a line) a caller of the ModelRuntime SPI must present; "
+                   "routers send theirs (env MESHSERVE_SPI_TOKEN_FILE)")
+    p.add_argument("--spi-client-names", help="with --tls-client-ca: client certificate names (CN or SAN) allowed "
+                   "to call the SPI, comma-separated (env MESHSERVE_SPI_CLIENT_NAMES)")
+    p.add_argument("--model-roots", help="comma-separated folders local model paths must lie under, besides the "
+                   "cache dir ('/' = any; env MESHSERVE_MODEL_ROOTS; default /mnt/models)")
     p.add_argument("--allow-pickle", action="store_true", default=None,
                    help="load pickle-based scikit-learn files (.joblib, .pkl, .pickle): unpickling runs the file's "
                    "code, so only where every model source is trusted (env MESHSERVE_ALLOW_PICKLE; default off)")

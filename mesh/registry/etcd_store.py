@@ -20,6 +20,7 @@ from aetcd.utils import prefix_range_end
 
 from mesh.errors import RegistryUnavailable
 from mesh.registry.store import KeyValue, LeaseLost, Page, WatchCompacted, WatchEvent
+from mesh.security.tls import ChannelTls
 from mesh.settings import parse_host_port
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class EtcdStore:
     """One etcd endpoint. Every call is bounded by ``timeout_s``."""
 
     def __init__(self, endpoint: str, *, timeout_s: float = 5.0, connect_timeout_s: float | None = None,
-                 on_error: Callable[[str], None] | None = None) -> None:
+                 on_error: Callable[[str], None] | None = None, tls: ChannelTls | None = None) -> None:
         self.endpoint = endpoint
         #: Called with the operation's name ("get", "put", "watch"...) when one fails (metrics).
         self._on_error = on_error
@@ -49,7 +50,13 @@ class EtcdStore:
         self._host, self._port = parse_host_port(endpoint, what="etcd endpoint")
         self._timeout = timeout_s
         self._connect_timeout = timeout_s if connect_timeout_s is None else connect_timeout_s
-        self._client = aetcd.Client(host=self._host, port=self._port, timeout=None)
+        if tls is None:
+            self._client = aetcd.Client(host=self._host, port=self._port, timeout=None)
+        else:
+            from mesh.registry.etcd_tls import TlsEtcdClient
+
+            self._client = TlsEtcdClient(self._host, self._port, tls)
+            self.description = f"etcd at {endpoint} (TLS)"
 
     # -- connection --------------------------------------------------------
 

@@ -28,6 +28,7 @@ from typing import Any
 from mesh.clock import Clock
 from mesh.errors import DeadlineExceeded, InvalidArgument, MeshError, ModelLoadFailed, NotFound, Unavailable
 from mesh.fetcher import Fetcher, local_path, redact_uri
+from mesh.security.paths import check_model_path
 from mesh.registry.ids import validate_id
 from mesh.runtime.backends import BackendRegistry, LoadedModel
 from mesh.runtime.cache import Entry, ModelCache
@@ -89,6 +90,11 @@ class ModelManager:
     def loads_in_progress(self) -> int:
         return len(self._loads)
 
+    @property
+    def model_roots(self) -> tuple[str, ...]:
+        """Where local model paths may lie: the configured roots and the model cache."""
+        return (*self._s.model_roots, self._s.cache_dir)
+
     def size_of(self, model_id: str) -> int:
         entry = self.cache.get(model_id)
         return entry.size if entry is not None and entry.loaded else 0
@@ -101,6 +107,7 @@ class ModelManager:
         if entry is not None and entry.loaded:
             return entry.size
         try:
+            check_model_path(model_id, path, self.model_roots)
             local = local_path(path)
         except InvalidArgument:
             local = None
@@ -137,6 +144,7 @@ class ModelManager:
         self.check_request(model_id, model_type)
         if not path.strip():
             raise InvalidArgument(f"model {model_id!r}: modelPath is empty")
+        check_model_path(model_id, path, self.model_roots)
         entry = self.cache.get(model_id)
         if entry is not None and entry.loaded:
             return entry.size

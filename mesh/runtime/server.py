@@ -36,6 +36,11 @@ from mesh.runtime.policy import RuntimePolicy
 from mesh.runtime.registration import Registration, RuntimeStats
 from mesh.runtime.settings import RuntimeSettings
 from mesh.runtime.sizing import check_device, derive_capacity
+from mesh.security.auth import runtime_gates
+from mesh.security.guard import GuardedServer, enable_reflection
+from mesh.security.health_port import start_health_port
+from mesh.security.tls import add_port, channel_tls, server_tls
+from mesh.security.tokens import TokenFile
 from mesh.settings import parse_host_port
 
 log = logging.getLogger(__name__)
@@ -76,6 +81,7 @@ class RuntimeServer:
         self.endpoint = ""
         self.ready = False
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
         self._store: EtcdStore | None = None
         self._registration: Registration | None = None
         self._manager: ModelManager | None = None
@@ -96,8 +102,13 @@ class RuntimeServer:
             except (RuntimeError, ValueError) as e:
                 raise FailedPrecondition(f"cannot derive the capacity: {e}") from None
         self._policy = RuntimePolicy(s, self.metrics)  # a bad --policy-file stops the start here
+        tls = server_tls(s.tls_cert, s.tls_key, s.tls_client_ca)
+        if s.spi_client_names and not s.tls_client_ca:
+            raise FailedPrecondition("--spi-client-names needs --tls-client-ca: names come from verified client certificates")
+        spi_tokens = TokenFile(s.spi_token_file) if s.spi_token_file else None
         self._backends = await loop.run_in_executor(None, self._prepare_backends)
-        self._store = EtcdStore(s.etcd, timeout_s=s.etcd_timeout_s, on_error=self.metrics.etcd_error)
+        self._store = EtcdStore(s.etcd, timeout_s=s.etcd_timeout_s, on_error=self.metrics.etcd_error,
+                                tls=channel_tls(s.etcd_ca, s.etcd_cert, s.etcd_key))
         await self._store.start()
         metrics_endpoint = self.metrics.serve(s.metrics_listen) if s.metrics_listen else ""
 
@@ -107,7 +118,7 @@ class RuntimeServer:
             ("grpc.so_reuseport", 0),  # a second runtime on a taken port must fail, not share it
         ])
         try:
-            port = self._server.add_insecure_port(s.listen)
+            port = add_port(self._server, s.listen, tls)
         except RuntimeError:
             raise FailedPrecondition(f"cannot listen on {s.listen}: the address is in use or not local") from None
         self.endpoint = advertised(s.listen, port, s.advertise)
@@ -143,12 +154,16 @@ class RuntimeServer:
                                            flush_copy=flush)
         infer = inference.InferenceServicer(self._manager, self.instance_id, self.metrics, self.version,
                                             ready=lambda: self.ready)
-        self._server.add_generic_rpc_handlers((runtime.handler(), infer.handler()))
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        # Registered through the guard: SPI calls only from routers, undecodable bodies INVALID_ARGUMENT.
+        guarded = GuardedServer(self._server, runtime_gates(spi_tokens, s.spi_client_names))
+        guarded.add_generic_rpc_handlers((runtime.handler(), infer.handler()))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, guarded)
         names = (spi.SERVICE.full_name, inference.SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, self._server)
+        enable_reflection(names, guarded)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
+        if s.health_listen:
+            self._health_server = await start_health_port(s.health_listen, self._health)
         await registration.start()
         self.ready = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
@@ -202,6 +217,8 @@ class RuntimeServer:
             log.warning("%d requests still in flight after %.0fs; closing anyway", self._manager.in_flight, grace)
         if self._server is not None:
             await self._server.stop(1.0)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         if self._manager is not None:
             await self._manager.unload_all("shutdown")
             self._manager.close()

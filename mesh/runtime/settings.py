@@ -147,6 +147,16 @@ class RuntimeSettings(CommonSettings):
     #: Per-model metric labels (``meshserve_model_requests_total{model,code}``); off by
     #: default: thousands of models would mean thousands of series.
     metrics_per_model: bool = False
+    #: Tokens (one a line, re-read on change) a caller of the ModelRuntime SPI must
+    #: present (routers send theirs from ``runtime_token_file``); "" = no token check.
+    spi_token_file: str = ""
+    #: Under mTLS (``tls_client_ca``): certificate common names / SANs allowed to call
+    #: the SPI (the routers'). With ``spi_token_file`` too, either suffices.
+    spi_client_names: NameList = ()
+    #: Folders local model paths (``/path``, ``file://``) must lie under, besides the
+    #: model cache (``cache_dir``); a path outside is refused (``/etc/passwd``).
+    #: ``/`` allows any local path. ``pvc://`` volumes resolve under the puller's pvc root.
+    model_roots: NameList = ("/mnt/models",)
 
     @field_validator("listen", "advertise", "metrics_listen")
     @classmethod

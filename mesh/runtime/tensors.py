@@ -117,6 +117,21 @@ def _check_header(model: str, spec: TensorSpec, datatype: str, shape: tuple[int,
         )
 
 
+#: Most elements one input tensor may have (shape product): bounds what a request can
+#: make the runtime allocate, whatever its dimensions claim.
+MAX_TENSOR_ELEMENTS = 2**31
+
+
+def element_count(model: str, name: str, shape: tuple[int, ...]) -> int:
+    """The exact product of ``shape`` (Python ints: no int64 wrap-around), bounded."""
+    count = math.prod(shape)
+    if count > MAX_TENSOR_ELEMENTS:
+        raise InvalidArgument(
+            f"model {model!r} input {name!r}: shape {_fmt_shape(shape)} has {count} elements; "
+            f"the limit is {MAX_TENSOR_ELEMENTS} per tensor")
+    return count
+
+
 #: Per signature (held, so its id cannot be reused while cached): input name -> (spec, dtype).
 #: Built once per loaded model instead of searching the signature on every request.
 _PLANS: LRUCache[int, tuple[Signature, dict[str, tuple[TensorSpec, np.dtype[Any]]]]] = LRUCache(maxsize=8192)
@@ -181,7 +196,7 @@ def decode_inputs(request: Any, signature: Signature, model: str) -> dict[str, n
         shape = tuple(int(d) for d in tensor.shape)
         _check_header(model, spec, tensor.datatype, shape)
         dtype = DATATYPES.get(tensor.datatype, _OBJECT)
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = element_count(model, tensor.name, shape)
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidArgument(

@@ -55,7 +55,11 @@ class RestServer:
     """``start()`` returns once the port is bound; ``endpoint`` is HOST:PORT."""
 
     def __init__(self, core: InferenceCore, listen: str, max_body_bytes: int, version: str,
-                 shutdown_timeout_s: float = 5.0) -> None:
+                 shutdown_timeout_s: float = 5.0,
+                 authorize: Callable[[str | None], None] | None = None) -> None:
+        """``authorize``: called with each request's Authorization header; raises a MeshError
+        (Unauthenticated) to refuse it (the router's --auth-inference)."""
+        self._authorize = authorize
         self._core = core
         self._shutdown_timeout = shutdown_timeout_s
         self._listen = listen
@@ -101,6 +105,8 @@ class RestServer:
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         where = request.path
         try:
+            if self._authorize is not None:
+                self._authorize(request.headers.get("Authorization"))
             r = route(request.raw_path)
             where = r.kind
             if request.method != r.method:
