@@ -63,7 +63,7 @@ class PullerFetcher:
         self._executor: ThreadPoolExecutor | None = None
         self._slots = asyncio.Semaphore(settings.max_concurrent_pulls)
         self._inflight: dict[str, tuple[asyncio.Task[CacheEntry], str, PullProgress]] = {}
-        self._start_lock = asyncio.Lock()
+        self._start_task: asyncio.Task[None] | None = None
         self._started = False
         self._config_memo: TTLCache[str, StorageConfig] = TTLCache(1, CONFIG_CHECK_S, timer=self._clock.monotonic)
         self._lru_task: asyncio.Task[None] | None = None
@@ -72,32 +72,41 @@ class PullerFetcher:
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        """Locks and validates the cache; idempotent. Returns when fetches can run."""
-        async with self._start_lock:
-            if self._started:
-                return
-            if self._closed:
-                raise FailedPrecondition("this PullerFetcher is closed")
-            s = self.settings
-            self._executor = ThreadPoolExecutor(
-                max_workers=s.max_concurrent_pulls * s.object_parallelism + 4, thread_name_prefix="puller")
-            try:
-                stats = await self._call(self.cache.open)
-            except BaseException:
-                executor, self._executor = self._executor, None
-                executor.shutdown(wait=False)
-                raise
-            self._backends = make_backends(s)
-            try:
-                await self._call(self._storage.current)
-            except StorageConfigInvalid as e:  # fetches will report it; local models still load
-                log.error("puller: %s", e)
-            self._started = True
-            self._lru_task = asyncio.get_running_loop().create_task(
-                self._save_lru_every(s.lru_save_interval_s), name="puller-lru-save")
-            log.info("puller: cache %s ready (%s), budget %d bytes, %d bytes used",
-                     s.cache_dir, ", ".join(f"{k} {v}" for k, v in sorted(stats.items())) or "empty",
-                     s.cache_budget, self.cache.used_bytes())
+        """Locks and validates the cache; idempotent. Returns when fetches can run.
+
+        Safe to cancel: the start itself runs on (shielded) for the next caller. A
+        cancelled start that was abandoned would otherwise leave its thread taking the
+        directory lock, and the next start would find the directory "in use"."""
+        if self._started:
+            return
+        task = self._start_task
+        if task is None or (task.done() and not self._started):
+            task = self._start_task = asyncio.get_running_loop().create_task(self._start(), name="puller-start")
+        await asyncio.shield(task)
+
+    async def _start(self) -> None:
+        if self._closed:
+            raise FailedPrecondition("this PullerFetcher is closed")
+        s = self.settings
+        self._executor = ThreadPoolExecutor(
+            max_workers=s.max_concurrent_pulls * s.object_parallelism + 4, thread_name_prefix="puller")
+        try:
+            stats = await self._call(self.cache.open)
+        except BaseException:
+            executor, self._executor = self._executor, None
+            executor.shutdown(wait=False)
+            raise
+        self._backends = make_backends(s)
+        try:
+            await self._call(self._storage.current)
+        except StorageConfigInvalid as e:  # fetches will report it; local models still load
+            log.error("puller: %s", e)
+        self._started = True
+        self._lru_task = asyncio.get_running_loop().create_task(
+            self._save_lru_every(s.lru_save_interval_s), name="puller-lru-save")
+        log.info("puller: cache %s ready (%s), budget %d bytes, %d bytes used",
+                 s.cache_dir, ", ".join(f"{k} {v}" for k, v in sorted(stats.items())) or "empty",
+                 s.cache_budget, self.cache.used_bytes())
 
     async def close(self) -> None:
         """Cancels pulls in flight (their partial files are removed), then frees everything."""
@@ -106,6 +115,8 @@ class PullerFetcher:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._start_task is not None:  # a start under way finishes first (it may hold the lock)
+            await asyncio.gather(self._start_task, return_exceptions=True)
         if not self._started:
             return
         self._started = False
