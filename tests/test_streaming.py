@@ -20,9 +20,9 @@ from mesh.modelgen_strings import tagger_reference, write_onnx_tagger
 from mesh.proto.mmesh import model_mesh_pb2 as mm
 from mesh.proto.mmesh import model_mesh_pb2_grpc as mm_grpc
 from router.server import RouterServer
-from tests.mesh_helpers import onnx_runtimes, started_router
 from tests.procs import RuntimeProc
 from tests.runtime_helpers import scrape
+from tests.test_e2e import start_router, start_runtimes
 
 # A tiny model is charged ~175 KB: room for 12 per runtime, 24 in all.
 TWELVE_TINY = 2_200_000
@@ -30,7 +30,7 @@ TWELVE_TINY = 2_200_000
 
 @pytest.fixture
 def runtimes(etcd_server, mesh_name) -> Iterator[list[RuntimeProc]]:
-    procs = onnx_runtimes(etcd_server.endpoint, mesh_name, 2, TWELVE_TINY)
+    procs = start_runtimes(etcd_server.endpoint, mesh_name, 2, TWELVE_TINY)
     yield procs
     for p in procs:
         if p.running:
@@ -39,7 +39,7 @@ def runtimes(etcd_server, mesh_name) -> Iterator[list[RuntimeProc]]:
 
 @pytest.fixture
 async def router(etcd_server, mesh_name, runtimes) -> AsyncIterator[RouterServer]:
-    r = await started_router(etcd_server.endpoint, mesh_name, len(runtimes))
+    r = await start_router(etcd_server, mesh_name, len(runtimes), metrics_listen="127.0.0.1:0")
     yield r
     await r.stop(0)
 

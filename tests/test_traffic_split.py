@@ -21,9 +21,9 @@ from mesh.proto.meshserve.v1 import admin_pb2_grpc as adm_grpc
 from mesh.proto.mmesh import model_mesh_pb2 as mm
 from mesh.proto.mmesh import model_mesh_pb2_grpc as mm_grpc
 from router.server import RouterServer
-from tests.mesh_helpers import onnx_runtimes, started_router
 from tests.procs import ROOT, RuntimeProc
 from tests.runtime_helpers import scrape
+from tests.test_e2e import start_router, start_runtimes
 
 SPEC = modelgen.spec_for_bytes(70_000, seed=0)
 
@@ -45,7 +45,7 @@ def binomial_bounds(n: int, p: float, alpha: float = 0.001) -> tuple[int, int]:
 
 @pytest.fixture
 def runtimes(etcd_server, mesh_name) -> Iterator[list[RuntimeProc]]:
-    procs = onnx_runtimes(etcd_server.endpoint, mesh_name, 2, 4_000_000)
+    procs = start_runtimes(etcd_server.endpoint, mesh_name, 2, 4_000_000)
     yield procs
     for p in procs:
         if p.running:
@@ -54,7 +54,7 @@ def runtimes(etcd_server, mesh_name) -> Iterator[list[RuntimeProc]]:
 
 @pytest.fixture
 async def router(etcd_server, mesh_name, runtimes) -> AsyncIterator[RouterServer]:
-    r = await started_router(etcd_server.endpoint, mesh_name, len(runtimes), split_seed=20261201)
+    r = await start_router(etcd_server, mesh_name, len(runtimes), metrics_listen="127.0.0.1:0", split_seed=20261201)
     yield r
     await r.stop(0)
 
