@@ -5,6 +5,14 @@ inference path). ``start`` pages through every key at one revision, then watches
 from the next; a compacted watch triggers a full reload. A corrupt value is
 logged and treated as absent, never a crash. ``wait_for`` gives read-your-writes:
 after a write at revision R, wait until the mirror has applied R.
+
+Two cheaper halves of the same guarantee, for the registration path: the writer
+applies its own committed write at once (``apply_local``: the record and its
+revision; the watch's copy of that write is then skipped, undecoded, and any older
+event for the key too), and a reader that misses an id catches up first
+(``catch_up``: waits for everything committed before the call), so a model
+registered through any router is seen by every router from the moment the
+registration returns.
 """
 
 from __future__ import annotations
@@ -58,6 +66,12 @@ class RegistryMirror:
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_seq = itertools.count()
         self._task: asyncio.Task[None] | None = None
+        #: Writes applied by ``apply_local`` the watch has not delivered yet:
+        #: key -> (revision, parsed key, record).
+        self._local: dict[bytes, tuple[int, ParsedKey, Any]] = {}
+        #: ``catch_up``: the revision fetch callers arriving now will share, and the task running fetches.
+        self._next_sync: asyncio.Future[int] | None = None
+        self._syncer: asyncio.Task[None] | None = None
 
     def subscribe(self, listener: Listener) -> None:
         """``listener(parsed_key, record_or_None)`` runs after each applied change."""
@@ -69,6 +83,8 @@ class RegistryMirror:
         self._task = asyncio.get_running_loop().create_task(self._follow(), name="registry-mirror")
 
     async def stop(self) -> None:
+        if self._syncer is not None:
+            self._syncer.cancel()
         if self._task:
             self._task.cancel()
             try:
@@ -99,6 +115,54 @@ class RegistryMirror:
         finally:
             timer.cancel()
 
+    def apply_local(self, key: bytes, record: Any, revision: int) -> None:
+        """Applies this process's own write, committed at ``revision``, without waiting
+        for the watch. The mirror's ``revision`` does not move (earlier writes of other
+        keys may still be on their way); the watch's events for ``key`` up to
+        ``revision`` are skipped when they come."""
+        parsed = self._keys.parse(key)
+        if parsed is None or parsed.kind in ("leader", "drain"):
+            return
+        applied = self._local.get(key)
+        if revision <= self.revision or (applied is not None and applied[0] >= revision):
+            return  # the mirror already holds this write or a later one
+        self._local[key] = (revision, parsed, record)
+        self._store_record(parsed, record, revision)
+        self._notify(parsed, record)
+
+    async def catch_up(self, timeout_s: float = 5.0) -> None:
+        """Waits until the mirror holds every write committed before this call: a
+        reader about to answer "not found" calls this first (one revision read,
+        shared by the callers that arrive while it is fetched, then the watch)."""
+        loop = asyncio.get_running_loop()
+        if self._next_sync is None:
+            fut: asyncio.Future[int] = loop.create_future()
+            # Retrieved even when every caller went away (no "never retrieved" warning).
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._next_sync = fut
+            if self._syncer is None:
+                self._syncer = loop.create_task(self._fetch_revisions(), name="registry-catch-up")
+        revision = await asyncio.shield(self._next_sync)
+        await self.wait_for(revision, timeout_s)
+
+    async def _fetch_revisions(self) -> None:
+        # One fetch at a time; callers that arrive while one is out get the next
+        # (a fetch that started before a caller arrived may predate what it waits for).
+        try:
+            while self._next_sync is not None:
+                fut, self._next_sync = self._next_sync, None
+                try:
+                    revision = await self._store.revision()
+                except Exception as e:  # the registry is unreachable: each waiting caller hears it
+                    fut.set_exception(e)
+                else:
+                    fut.set_result(revision)
+        finally:
+            self._syncer = None
+            if self._next_sync is not None:  # cancelled midway (shutdown)
+                self._next_sync.cancel()
+                self._next_sync = None
+
     # -- loading and following -------------------------------------------
 
     async def _load(self) -> None:
@@ -120,6 +184,10 @@ class RegistryMirror:
         self.drains = fresh.drains
         self.resources = fresh.resources
         self.corrupt_records += fresh.corrupt_records
+        # Own writes later than the snapshot stay applied (the watch resumes after it).
+        self._local = {k: v for k, v in self._local.items() if v[0] > revision}
+        for rev, parsed, record in self._local.values():
+            self._store_record(parsed, record, rev)
         self._advance(revision)
 
     async def _follow(self) -> None:
@@ -141,6 +209,14 @@ class RegistryMirror:
         self._advance(ev.revision)
 
     def _apply(self, key: bytes, value: bytes | None, revision: int) -> None:
+        if self._local:
+            applied = self._local.get(key)
+            if applied is not None:
+                if revision <= applied[0]:
+                    if revision == applied[0]:
+                        del self._local[key]
+                    return  # apply_local already holds this write (or a later one): no decode, no notify
+                del self._local[key]
         parsed = self._keys.parse(key)
         if parsed is None or parsed.kind == "leader":
             return
