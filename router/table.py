@@ -11,7 +11,7 @@ import asyncio
 import random
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from mesh.clock import Clock
 from mesh.errors import ModelNotFound
@@ -19,6 +19,8 @@ from mesh.registry import records as rec
 from mesh.registry.keys import ParsedKey
 from mesh.registry.mirror import RegistryMirror
 from router.splits import SplitChooser
+
+T = TypeVar("T")
 
 
 class RoutingTable:
@@ -76,6 +78,15 @@ class RoutingTable:
         if name in m.models:
             return name
         raise ModelNotFound(f"model {name!r} is not registered")
+
+    async def caught_up(self, lookup: Callable[[], T]) -> T:
+        """``lookup()``; on ModelNotFound, once more after the mirror caught up with the
+        registry (the name may have been registered through another router a moment ago)."""
+        try:
+            return lookup()
+        except ModelNotFound:
+            await self.mirror.catch_up()
+            return lookup()
 
     def resolve_vmodel(self, name: str, split_key: str | None = None, count: bool = False) -> str:
         v = self.mirror.vmodels.get(name)
