@@ -281,7 +281,7 @@ def compare(trace: Trace, rate: float, ours: dict[str, ev.EvictionPolicy], *, re
     rows["belady (ours)" if not sized else "belady rule (ours; a heuristic with sizes)"] = belady(trace).row(n)
     if trace.independent and not sized:
         s, late = tr.static_optimum(trace)
-        rows["exact-count LFU (learning bound)"] = exact_lfu(trace).row(n)
+        rows["exact-count LFU (learning reference)"] = exact_lfu(trace).row(n)
         rows["static optimum"] = {"misses": s, "miss_ratio": round(s / n, 4), "misses_second_half": late}
     return {"requests": n, "distinct_models": int(len(set(trace.requests.tolist()))),
             "capacity_bytes": trace.capacity, "scan_requests": trace.scan_requests, "policies": rows}

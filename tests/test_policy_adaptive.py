@@ -58,22 +58,12 @@ def test_admission_never_refuses_and_never_takes_a_busy_model() -> None:
     assert Adaptive()(bare, 1).victims == ["y"]  # type: ignore[union-attr]
 
 
-def test_a_model_requested_once_never_displaces_a_resident() -> None:
-    # Main's weakest ("cold") has no request since the sketch last aged (estimate 0); the
-    # candidate's only request was its load (the doorkeeper's bit), like a scan's models:
-    # it goes, not the resident.
-    entries = (E("hot", last=5, loaded=1), E("cold", last=1, loaded=2), E("once", last=9, loaded=9))
-    assert Adaptive()(view(entries, state_with({"hot": 9, "once": 1}), 3 * MiB), 1).victims == ["once"]  # type: ignore[union-attr]
-    # A second request makes it a contender, and it beats the cold resident.
-    assert Adaptive()(view(entries, state_with({"hot": 9, "once": 2}), 3 * MiB), 1).victims == ["cold"]  # type: ignore[union-attr]
-
-
 def test_a_long_memory_counts_high_enough_to_rank_rare_models() -> None:
     # Counters saturate at 31 up to a memory of 64 requests per loaded model, and
-    # proportionally later beyond (at most a byte): at the default longest memory (256)
-    # two models with 60 and 100 requests in one period stay apart; at a short one both
+    # proportionally later beyond (at most a byte): at the default longest memory (128,
+    # cap 62) two models with 60 and 100 requests in one period stay apart; at a short one both
     # saturate (there the cap is what lets a fallen hot model age out quickly).
-    assert (counter_cap(4), counter_cap(64), counter_cap(256), counter_cap(4096)) == (31, 31, 124, 255)
+    assert (counter_cap(4), counter_cap(64), counter_cap(128), counter_cap(256), counter_cap(4096)) == (31, 31, 62, 124, 255)
     long = state_with({"rare": 60, "rarer": 100})
     assert long.frequency("rarer") > long.frequency("rare") > 32
     short = state_with({"rare": 60, "rarer": 100}, sample_factor=16)
@@ -161,13 +151,13 @@ def _replay(state: AdaptiveState, keys: list[str], capacity: int = 8 * MiB) -> N
 def test_the_shadows_pick_a_short_memory_when_the_hot_set_moves_and_the_long_one_when_it_stays() -> None:
     # Every model sampled (shadow_rate 1): the shadows replay the whole trace with 8 slots.
     moving = AdaptiveState(shadow_rate=1.0)
-    assert moving.memory == 256 and moving.memories == (256, 64, 16, 4)
+    assert moving.memory == 128 and moving.memories == (128, 32, 8, 2)
     hot_sets = [[f"p{phase}-{j}" for j in range(6)] for phase in range(40)]
     _replay(moving, [hot[i % 6] for hot in hot_sets for i in range(120)])
-    assert moving.memory < 256  # stale counts of past hot sets would hold the slots
+    assert moving.memory < 128  # stale counts of past hot sets would hold the slots
     stable = AdaptiveState(shadow_rate=1.0)
     _replay(stable, [f"s{(i * 7) % 6}" if i % 3 else f"cold{i}" for i in range(4800)])
-    assert stable.memory == 256
+    assert stable.memory == 128
     assert AdaptiveState(climb=False).miniatures == []
 
 

@@ -99,7 +99,7 @@ class AdaptiveState:
     restarting when the hit ratio moves by 5 %.
     """
 
-    def __init__(self, *, window: float = 0.01, sample_factor: int = 256, sketch_width: int = 16384,
+    def __init__(self, *, window: float = 0.01, sample_factor: int = 128, sketch_width: int = 16384,
                  climb: bool = True, max_window: float = 0.05, shadow_rate: float = 0.25) -> None:
         self.min_window, self.max_window = window, max(window, max_window)
         self.climb = climb
@@ -272,7 +272,7 @@ class Adaptive:
             victim = weakest()
             if pushed and victim is not None:
                 cand = pushed.pop(0)
-                if value[cand] > value[victim] and freq[cand] > 1:  # admitted: the victim goes, the candidate joins main
+                if value[cand] > value[victim]:  # admitted: the victim goes, the candidate joins main
                     take(victim)
                     heapq.heappush(admitted, (float(value[cand]), float(last[cand]), cand))
                 else:  # incumbents win ties

@@ -138,7 +138,7 @@ class AdaptiveSpec(_EvictionBase):
     climb: bool = True
     #: The sketch's longest memory: it halves its counts every this many requests
     #: per loaded model (the climber may shorten it down to a sixty-fourth).
-    sample_factor: int = Field(256, ge=1, le=1000)
+    sample_factor: int = Field(128, ge=1, le=1000)
     #: Counters per sketch row (4 rows, 1 byte each); a power of two, >= 4x the
     #: models a runtime holds at once for few collisions.
     sketch_width: int = Field(16384, ge=16, le=2**22)
