@@ -106,7 +106,7 @@ def test_the_sketch_ages_so_old_popularity_runs_out() -> None:
     above = [i for i in range(500) if fresh.estimate(f"scan{i}") > 1]
     assert len(above) <= 5  # the doorkeeper is a Bloom filter: rare false positives
     # Its bits are packed 8 to a byte, so a long memory's thousands of one-off keys stay
-    # out too (one bit per byte would let ~13 % of 3,000 through here).
+    # out too (at one bit per byte 104 of these 3,000 got through).
     for i in range(500, 3000):
         fresh.record(f"scan{i}")
     assert sum(fresh.estimate(f"scan{i}") > 1 for i in range(3000)) <= 30
