@@ -127,6 +127,13 @@ class ModelLoadFailed(MeshError):
     code = "INTERNAL"
 
 
+class LoadAborted(MeshError):
+    """A load was cancelled before it finished (unloadModel, unregistration, shutdown);
+    nothing of it was kept. Retry if the model is still wanted."""
+
+    code = "ABORTED"
+
+
 class ModelLoadRefused(FailedPrecondition):
     """The runtime's settings forbid loading this file (a pickle without
     ``--allow-pickle``, skops types nobody trusted); the message names the setting."""

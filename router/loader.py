@@ -18,6 +18,7 @@ import grpc
 
 from mesh.clock import Clock
 from mesh.errors import (
+    Conflict,
     DeadlineExceeded,
     FailedPrecondition,
     MeshError,
@@ -214,6 +215,12 @@ class Loader:
                 # Another router claimed it first: wait for that load to show.
                 await self._table.wait_for_change(model_id, min(remaining, 0.5))
             except DeadlineExceeded:
+                raise
+            except Conflict:
+                # ABORTED: an unload cancelled the runtime's load (no fault of the model's,
+                # nothing to record, no other runtime to try); the model may be gone too.
+                if model_id not in self._table.mirror.models:
+                    raise ModelNotFound(f"model {model_id!r} was unregistered while it was loading") from None
                 raise
             except MeshError as e:
                 tried.add(instance_id)
