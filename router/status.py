@@ -31,7 +31,10 @@ def model_status(table: RoutingTable, model_id: str, now_ms: int, failure_ttl_s:
         info.status = MS.LOADED
     elif rec.LOADING in states:
         info.status = MS.LOADING
-    elif len(failures) >= max_failures:
+    elif failures:
+        # ModelMesh: a model whose last load failed is LOADING_FAILED (with the reasons in
+        # errors) from the first failure on; requests still retry it until max_failures
+        # recent failures (router/loader.py), which refuse it until they expire.
         info.status = MS.LOADING_FAILED
     else:
         info.status = MS.NOT_LOADED
