@@ -24,8 +24,9 @@ from tritonclient.grpc import service_pb2 as v2
 from mesh.etcd_server import free_port
 from mesh.proto.mmesh import model_mesh_pb2 as mm
 from router.server import RouterServer
-from tests.procs import start_runtime
 from tests.test_e2e import SPEC, Client, start_router
+from tests.test_e2e import client  # noqa: F401 - the fixture (over this module's router)
+from tests.test_unload_during_load import runtime  # noqa: F401 - the fixture: one ONNX runtime
 
 MS = mm.ModelStatusInfo
 REST_BODY = {"inputs": [{"name": "INPUT0", "shape": [1, SPEC.in_dim], "datatype": "FP32",
@@ -33,25 +34,10 @@ REST_BODY = {"inputs": [{"name": "INPUT0", "shape": [1, SPEC.in_dim], "datatype"
 
 
 @pytest.fixture
-def runtime(etcd_server, mesh_name):
-    proc = start_runtime(etcd_server.endpoint, mesh_name, capacity=50_000_000,
-                         env={"MESHSERVE_MODEL_TYPES": "onnx", "MESHSERVE_LEASE_TTL_S": "3"})
-    yield proc
-    proc.kill()
-
-
-@pytest.fixture
 async def router(etcd_server, mesh_name, runtime) -> AsyncIterator[RouterServer]:
     r = await start_router(etcd_server, mesh_name, 1, rest_listen="127.0.0.1:0")
     yield r
     await r.stop(0)
-
-
-@pytest.fixture
-async def client(router: RouterServer) -> AsyncIterator[Client]:
-    c = Client(router.endpoint)
-    yield c
-    await c.channel.close()
 
 
 async def _register(client: Client, model_id: str, path: str) -> None:
