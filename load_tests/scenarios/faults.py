@@ -159,10 +159,20 @@ async def _phase(ch: grpc.aio.Channel, multi: ModelSet, single: ModelSet, args: 
 
 
 async def _load_status(ch: grpc.aio.Channel, model_id: str, path: str) -> dict[str, Any]:
+    """Registers the model, sends one inference request (which loads it), and reports the
+    answer's code and message, then the model's status."""
+    from tritonclient.grpc import service_pb2 as v2
+
     stub = mm_grpc.ModelMeshStub(ch)
     await stub.registerModel(mm.RegisterModelRequest(modelId=model_id, modelInfo=mm.ModelInfo(type="onnx", path=path)),
                              timeout=30)
-    await stub.ensureLoaded(mm.EnsureLoadedRequest(modelId=model_id, sync=True), timeout=120)
+    request = v2.ModelInferRequest(model_name=model_id)
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 16]).contents.fp32_contents.extend([0.0] * 16)
+    try:
+        await ch.unary_unary(INFER)(request.SerializeToString(), timeout=120)
+        answer = {"code": "OK"}
+    except grpc.aio.AioRpcError as e:
+        answer = {"code": e.code().name, "message": e.details()}
     seen: list[mm.ModelStatusInfo] = []
 
     async def settled() -> bool:  # the load's outcome, failure reason included, is in the status
@@ -171,7 +181,8 @@ async def _load_status(ch: grpc.aio.Channel, model_id: str, path: str) -> dict[s
 
     after = await _until(settled, 120, 0.2)
     st = seen[0]
-    return {"status": mm.ModelStatusInfo.ModelStatus.Name(st.status), "errors": list(st.errors), "settled_s": after}
+    return {"first_request": answer, "status": mm.ModelStatusInfo.ModelStatus.Name(st.status),
+            "errors": list(st.errors), "settled_s": after}
 
 
 async def _runtimes_ready(ch: grpc.aio.Channel) -> dict[str, bool]:
