@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,6 +105,8 @@ class RouterServer:
         self.xds: XdsCache | None = None
         self.port = 0
         self.metrics_port = 0
+        #: The SDS folder for Envoy's runtime TLS when the router made one (removed on stop).
+        self._xds_tmp = ""
 
     @property
     def endpoint(self) -> str:
@@ -199,7 +202,9 @@ class RouterServer:
             return None
         from router.xds.tls import runtime_secrets, runtime_socket, write_secrets
 
-        folder = s.xds_sds_dir or tempfile.mkdtemp(prefix="meshserve-xds-sds-")
+        folder = s.xds_sds_dir
+        if not folder:
+            folder = self._xds_tmp = tempfile.mkdtemp(prefix="meshserve-xds-sds-")
         write_secrets(Path(folder), runtime_secrets(s.runtime_ca, s.runtime_cert, s.runtime_key))
         return runtime_socket(folder, bool(s.runtime_cert))
 
@@ -233,3 +238,5 @@ class RouterServer:
         await self.runtimes.close()
         await self.store.close()
         self.metrics.close()
+        if self._xds_tmp:
+            shutil.rmtree(self._xds_tmp, ignore_errors=True)

@@ -172,3 +172,51 @@ async def test_envoy_picks_up_a_rotated_listener_certificate(
         assert gateway.proc is not None and gateway.proc.poll() is None
 
     await asyncio.get_running_loop().run_in_executor(None, scenario)
+
+
+def test_bootstrap_puts_tls_on_the_public_listeners_and_the_router_clusters_only() -> None:
+    from router.xds.bootstrap import GatewayConfig, bootstrap
+    from router.xds.tls import GatewayTls
+
+    tls = GatewayTls(cert="/s/tls.crt", key="/s/tls.key", client_ca="/s/ca.crt", router_ca="/s/ca.crt",
+                     client_cert="/s/tls.crt", client_key="/s/tls.key", sds_dir="/run/sds")
+    boot = bootstrap(GatewayConfig(listen="0.0.0.0:8033", router="127.0.0.1:8034", admin_port=9901,
+                                   stats_listen="0.0.0.0:9902", rest_listen="0.0.0.0:8008",
+                                   router_rest="127.0.0.1:8009", tls=tls))
+    listeners = {x["name"]: x["filter_chains"][0].get("transport_socket") for x in boot["static_resources"]["listeners"]}
+    assert listeners["stats"] is None  # probes and scrapers
+    for name in ("grpc", "rest"):
+        ctx = listeners[name]["typed_config"]
+        assert ctx["require_client_certificate"] is True
+        assert ctx["common_tls_context"]["tls_certificate_sds_secret_configs"][0]["sds_config"][
+            "path_config_source"]["path"] == "/run/sds/listener_cert.json"
+    clusters = {c["name"]: c.get("transport_socket") for c in boot["static_resources"]["clusters"]}
+    for name in ("router", "xds", "router_rest"):
+        common = clusters[name]["typed_config"]["common_tls_context"]
+        assert common["validation_context_sds_secret_config"]["name"] == "router_ca"
+        assert common["tls_certificate_sds_secret_configs"][0]["name"] == "router_client_cert"
+    assert clusters["router_rest"]["typed_config"]["common_tls_context"]["alpn_protocols"] == ["http/1.1"]
+    names = {s["name"]: s for s in tls.secrets()}
+    assert names["listener_cert"]["tls_certificate"]["watched_directory"] == {"path": "/s"}
+    plain = bootstrap(GatewayConfig(listen="0.0.0.0:8033", router="127.0.0.1:8034", admin_port=9901))
+    assert all("transport_socket" not in c for c in plain["static_resources"]["clusters"])
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--tls-client-ca", "{f}"], "--tls-client-ca needs --tls-cert and --tls-key"),
+    (["--tls-cert", "{f}"], "give both the certificate and its key"),
+    (["--tls-cert", "/nope", "--tls-key", "/nope"], "the TLS file /nope does not exist"),
+    (["--client-cert", "{f}", "--client-key", "{f}"], "--client-cert needs --router-ca"),
+])
+def test_gateway_tls_flags_that_do_not_fit_are_refused_with_what_to_do(args, said, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.procs import ROOT
+
+    f = tmp_path / "x.pem"
+    f.write_text("-----BEGIN CERTIFICATE-----\n")
+    argv = [a.format(f=f) for a in args]
+    done = subprocess.run([sys.executable, "-m", "mesh.cli", "gateway", *argv, "--print-bootstrap"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr
