@@ -13,6 +13,8 @@ _COPY_STATUS = {rec.LOADING: MS.LOADING, rec.LOADED: MS.LOADED, rec.FAILED: MS.L
 
 def model_status(table: RoutingTable, model_id: str, now_ms: int, failure_ttl_s: float,
                  max_failures: int) -> mm.ModelStatusInfo:
+    """``max_failures`` no longer changes the status (LOADING_FAILED from the first
+    failure); it stays in the signature for its callers and the loader's refusal."""
     model = table.mirror.models.get(model_id)
     if model is None:
         return mm.ModelStatusInfo(status=MS.NOT_FOUND)
