@@ -56,9 +56,9 @@ class InferenceCore:
         return self._table.resolve(name, vmodel_first=True, split_key=split_key, count=count)
 
     async def resolve_known(self, name: str, *, split_key: str | None = None, count: bool = False) -> str:
-        """``resolve``, catching up with the registry before ModelNotFound (read-your-writes
+        """``resolve``, reading ``name`` from the registry before ModelNotFound (read-your-writes
         for a model registered through another router a moment ago)."""
-        return await self._table.caught_up(lambda: self.resolve(name, split_key=split_key, count=count))
+        return await self._table.caught_up(name, lambda: self.resolve(name, split_key=split_key, count=count))
 
     def model_ready(self, name: str) -> bool:
         """Registered (ModelNotFound otherwise) and loaded somewhere."""

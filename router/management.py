@@ -3,8 +3,8 @@
 Writes go to etcd; each RPC then waits until this router's mirror has applied
 its own write (read-your-writes), so a request for the id routes at once. A
 registration applies its committed record to the mirror itself instead of waiting
-for the watch to bring it back; a read of an id the mirror lacks catches up with
-the registry first, so other routers see the model as soon as the call returns.
+for the watch to bring it back; a read of an id the mirror lacks reads it from the
+registry first, so other routers see the model as soon as the call returns.
 """
 
 from __future__ import annotations
@@ -98,11 +98,12 @@ class Management(mm_grpc.ModelMeshServicer):
         self._table.mirror.apply_local(key, record, revision)
 
     async def known(self, model_id: str) -> bool:
-        """Whether ``model_id`` is registered, catching up with the registry before saying no."""
-        if model_id in self._table.mirror.models:
+        """Whether ``model_id`` is registered, reading it from the registry before saying no."""
+        mirror = self._table.mirror
+        if model_id in mirror.models:
             return True
-        await self._table.mirror.catch_up()
-        return model_id in self._table.mirror.models
+        await mirror.refresh(mirror.keys.model(model_id))
+        return model_id in mirror.models
 
     def load_in_background(self, model_id: str) -> None:
         deadline = self._clock.monotonic() + self._s.load_timeout_s

@@ -79,13 +79,24 @@ class RoutingTable:
             return name
         raise ModelNotFound(f"model {name!r} is not registered")
 
-    async def caught_up(self, lookup: Callable[[], T]) -> T:
-        """``lookup()``; on ModelNotFound, once more after the mirror caught up with the
-        registry (the name may have been registered through another router a moment ago)."""
+    async def refresh(self, name: str) -> None:
+        """Reads the model and vmodel ``name`` (and a vmodel's targets) from the registry
+        into the mirror: before a "not registered" answer, in case another router
+        registered it a moment ago (read-your-writes across routers)."""
+        m, keys = self.mirror, self.mirror.keys
+        await m.refresh(keys.model(name), keys.vmodel(name))
+        v = m.vmodels.get(name)
+        if v is not None:
+            targets = {v.active_model, v.target_model, *v.split} - {""} - m.models.keys()
+            if targets:
+                await m.refresh(*(keys.model(t) for t in sorted(targets)))
+
+    async def caught_up(self, name: str, lookup: Callable[[], T]) -> T:
+        """``lookup()``; on ModelNotFound, once more after ``refresh(name)``."""
         try:
             return lookup()
         except ModelNotFound:
-            await self.mirror.catch_up()
+            await self.refresh(name)
             return lookup()
 
     def resolve_vmodel(self, name: str, split_key: str | None = None, count: bool = False) -> str:

@@ -120,8 +120,9 @@ class VModels:
         targets = validate_split({validate_id(m, what="split target"): w for m, w in targets.items()})
         missing = sorted(m for m in targets if m not in self._table.mirror.models)
         if missing:
-            await self._table.mirror.catch_up()  # registered through another router a moment ago?
-            missing = [m for m in missing if m not in self._table.mirror.models]
+            mirror = self._table.mirror  # registered through another router a moment ago?
+            await mirror.refresh(*(mirror.keys.model(m) for m in missing))
+            missing = [m for m in missing if m not in mirror.models]
         if missing:
             raise ModelNotFound(f"split targets {', '.join(map(repr, missing))} are not registered: register them first")
         heaviest = max(sorted(targets), key=lambda m: targets[m])

@@ -1,9 +1,9 @@
 """Read-your-writes on the registration path, across routers, with a slow watch.
 
 A registration applies its committed record to the writer's mirror itself (no wait
-for the watch to bring it back); a router asked about an id its mirror lacks
-catches up with the registry before it says NOT_FOUND. The watch is held back here
-by a store wrapper, so each test decides exactly what the watch has delivered.
+for the watch to bring it back); a router asked about an id its mirror lacks reads
+it from the registry before it says NOT_FOUND. The watch is held back here by a
+store wrapper, so each test decides exactly what the watch has delivered.
 """
 
 from __future__ import annotations
@@ -30,16 +30,15 @@ MS = mm.ModelStatusInfo
 
 class HeldWatch:
     """A real store whose watch delivers events only up to ``through`` (a slow watch);
-    with ``open_on_revision``, a ``revision()`` call opens it for good (what a reader's
-    catch-up asks for is then delivered)."""
+    with ``open_on_get``, a ``get()`` (a reader's strong read) opens it for good."""
 
-    def __init__(self, inner: Any, *, open_on_revision: bool = False) -> None:
+    def __init__(self, inner: Any, *, open_on_get: bool = False) -> None:
         self._inner = inner
         self.description = inner.description
         self.through = 0
         self._moved = asyncio.Event()
-        self._open_on_revision = open_on_revision
-        self.revision_calls = 0
+        self.open_on_get = open_on_get
+        self.gets = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -48,12 +47,12 @@ class HeldWatch:
         self.through = revision
         self._moved.set()
 
-    async def revision(self) -> int:
-        self.revision_calls += 1
-        revision = int(await self._inner.revision())
-        if self._open_on_revision:
+    async def get(self, key: bytes) -> Any:
+        self.gets += 1
+        kv = await self._inner.get(key)
+        if self.open_on_get:
             self.release_through(2**62)
-        return revision
+        return kv
 
     async def watch(self, prefix: bytes, *, start_revision: int) -> AsyncIterator[WatchEvent]:
         async for ev in self._inner.watch(prefix, start_revision=start_revision):
@@ -117,16 +116,20 @@ async def test_an_older_event_arriving_late_does_not_undo_a_newer_own_write(held
     assert "fleet/b" not in mirror.models
 
 
-async def test_catch_up_returns_only_once_writes_committed_before_it_are_applied(store, keys) -> None:
-    slow = HeldWatch(store, open_on_revision=True)
+async def test_refresh_reads_another_routers_write_before_the_watch_brings_it(store, keys) -> None:
+    slow = HeldWatch(store)  # never released: the watch delivers nothing
     mirror = RegistryMirror(slow, keys)  # type: ignore[arg-type]
     await mirror.start()
     try:
-        await Registry(store, keys).create_model(_model("elsewhere/c"))  # another router's write
-        assert "elsewhere/c" not in mirror.models  # the watch is held
-        await asyncio.gather(*(mirror.catch_up() for _ in range(20)))
+        registry = Registry(store, keys)
+        revision = await registry.create_model(_model("elsewhere/c"))  # another router's write
+        assert "elsewhere/c" not in mirror.models
+        await mirror.refresh(keys.model("elsewhere/c"), keys.model("elsewhere/absent"))
+        assert mirror.models["elsewhere/c"].path == "/models/m.onnx"
+        assert "elsewhere/absent" not in mirror.models
+        slow.release_through(revision)  # the watch's copy, when it comes, changes nothing
+        await mirror.wait_for(revision)
         assert "elsewhere/c" in mirror.models
-        assert slow.revision_calls <= 2  # concurrent callers share the revision read
     finally:
         await mirror.stop()
 
@@ -138,19 +141,19 @@ async def _router(etcd_server: Any, mesh_name: str, store: Any) -> tuple[RouterS
 
 
 async def test_a_model_registered_on_one_router_is_seen_at_once_on_both(etcd_server, mesh_name) -> None:
-    # Neither router's watch delivers anything unless a catch-up asks for it.
-    stores = [HeldWatch(EtcdStore(etcd_server.endpoint), open_on_revision=True) for _ in range(2)]
+    # Neither router's watch delivers anything: what each knows comes from its own writes and reads.
+    stores = [HeldWatch(EtcdStore(etcd_server.endpoint)) for _ in range(2)]
     (a, ca), (b, cb) = [await _router(etcd_server, mesh_name, s) for s in stores]
     try:
         for i in range(5):
             mid = f"team/fleet-{i}"
             assert (await ca.register(mid)).status == MS.NOT_LOADED
-            # The writer: from its own commit, without a catch-up (its watch stays held).
+            # The writer: from its own commit, without reading it back (its watch stays held).
             assert (await ca.mesh.getModelStatus(mm.GetStatusRequest(modelId=mid))).status == MS.NOT_LOADED
-            assert stores[0].revision_calls == 0
-            # Any other router: it catches up before it would say NOT_FOUND.
+            assert stores[0].gets == 0
+            # Any other router: it reads the id from the registry before it would say NOT_FOUND.
             assert (await cb.mesh.getModelStatus(mm.GetStatusRequest(modelId=mid))).status == MS.NOT_LOADED
-        # Unknown ids are still NOT_FOUND (after the catch-up).
+        # Unknown ids are still NOT_FOUND (after the read).
         assert (await cb.mesh.getModelStatus(mm.GetStatusRequest(modelId="team/never"))).status == MS.NOT_FOUND
         # Registering the same id again through the other router is the usual no-op.
         assert (await cb.register("team/fleet-0")).status == MS.NOT_LOADED
@@ -169,11 +172,11 @@ async def test_inference_on_another_router_right_after_registration_loads_and_an
     try:
         slow.release_through(await slow._inner.revision())  # it knows the runtimes, nothing later
         await until(lambda: len(reader.mirror.instances) == 2, "the reader to see both runtimes")
-        slow._open_on_revision = True
+        slow.open_on_get = True  # after its strong read, the reader's watch flows (copies, loads)
         await cw.register("team/served")
         resp = await cr.infer("team/served")
         assert resp.model_name == "team/served"
-        assert slow.revision_calls >= 1  # it caught up rather than answering NOT_FOUND
+        assert slow.gets >= 1  # it read the id rather than answering NOT_FOUND
     finally:
         await cr.channel.close()
         await reader.stop(0)

@@ -10,8 +10,8 @@ after a write at revision R, wait until the mirror has applied R.
 Two cheaper halves of the same guarantee, for the registration path: the writer
 applies its own committed write at once (``apply_local``: the record and its
 revision; the watch's copy of that write is then skipped, undecoded, and any older
-event for the key too), and a reader that misses an id catches up first
-(``catch_up``: waits for everything committed before the call), so a model
+event for the key too), and a reader that misses an id reads its keys from the
+registry first (``refresh``: a strong read, applied the same way), so a model
 registered through any router is seen by every router from the moment the
 registration returns.
 """
@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from mesh.errors import CorruptRecord, DeadlineExceeded, Unavailable
+from mesh.errors import CorruptRecord, DeadlineExceeded, RegistryUnavailable, Unavailable
 from mesh.registry import records as rec
 from mesh.registry.keys import KeySchema, ParsedKey
 from mesh.registry.store import KeyValue, KVStore, WatchCompacted, WatchEvent
@@ -48,6 +48,8 @@ class RegistryMirror:
     def __init__(self, store: KVStore, keys: KeySchema, *, page_size: int = 2000) -> None:
         self._store = store
         self._keys = keys
+        #: The key schema (readers build the keys they ``refresh``).
+        self.keys = keys
         self._page_size = page_size
         self.models: dict[str, rec.ModelRecord] = {}
         self.vmodels: dict[str, rec.VModelRecord] = {}
@@ -70,9 +72,6 @@ class RegistryMirror:
         #: Writes applied by ``apply_local`` the watch has not delivered yet:
         #: key -> (revision, parsed key, record).
         self._local: dict[bytes, tuple[int, ParsedKey, Any]] = {}
-        #: ``catch_up``: the revision fetch callers arriving now will share, and the task running fetches.
-        self._next_sync: asyncio.Future[int] | None = None
-        self._syncer: asyncio.Task[None] | None = None
 
     def subscribe(self, listener: Listener) -> None:
         """``listener(parsed_key, record_or_None)`` runs after each applied change."""
@@ -84,8 +83,6 @@ class RegistryMirror:
         self._task = asyncio.get_running_loop().create_task(self._follow(), name="registry-mirror")
 
     async def stop(self) -> None:
-        if self._syncer is not None:
-            self._syncer.cancel()
         if self._task:
             self._task.cancel()
             try:
@@ -131,38 +128,23 @@ class RegistryMirror:
         self._store_record(parsed, record, revision)
         self._notify(parsed, record)
 
-    async def catch_up(self, timeout_s: float = 5.0) -> None:
-        """Waits until the mirror holds every write committed before this call: a
-        reader about to answer "not found" calls this first (one revision read,
-        shared by the callers that arrive while it is fetched, then the watch)."""
-        loop = asyncio.get_running_loop()
-        if self._next_sync is None:
-            fut: asyncio.Future[int] = loop.create_future()
-            # Retrieved even when every caller went away (no "never retrieved" warning).
-            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
-            self._next_sync = fut
-            if self._syncer is None:
-                self._syncer = loop.create_task(self._fetch_revisions(), name="registry-catch-up")
-        revision = await asyncio.shield(self._next_sync)
-        await self.wait_for(revision, timeout_s)
-
-    async def _fetch_revisions(self) -> None:
-        # One fetch at a time; callers that arrive while one is out get the next
-        # (a fetch that started before a caller arrived may predate what it waits for).
+    async def refresh(self, *keys: bytes) -> None:
+        """Reads ``keys`` from the registry and applies what exists (``apply_local`` at
+        each key's mod revision): a strong read for an id the mirror lacks, so a write
+        another router committed a moment ago is seen before the watch brings it."""
         try:
-            while self._next_sync is not None:
-                fut, self._next_sync = self._next_sync, None
-                try:
-                    revision = await self._store.revision()
-                except Exception as e:  # the registry is unreachable: each waiting caller hears it
-                    fut.set_exception(e)
-                else:
-                    fut.set_result(revision)
-        finally:
-            self._syncer = None
-            if self._next_sync is not None:  # cancelled midway (shutdown)
-                self._next_sync.cancel()
-                self._next_sync = None
+            kvs = await asyncio.gather(*(self._store.get(k) for k in keys))
+        except RegistryUnavailable:
+            return  # etcd unreachable: the mirror's own answer stands (as before the read)
+        for key, kv in zip(keys, kvs):
+            parsed = self._keys.parse(key)
+            if kv is None or parsed is None or parsed.kind not in _DECODERS:
+                continue
+            try:
+                record = rec.decode(_DECODERS[parsed.kind], kv.value)
+            except CorruptRecord:
+                continue  # the watch logs and counts it
+            self.apply_local(key, record, kv.mod_revision)
 
     # -- loading and following -------------------------------------------
 
