@@ -51,6 +51,24 @@ async def _sleep_until(t: float) -> None:
         await asyncio.sleep(d - 0.0015 if d > 0.002 else 0)
 
 
+class ThreadPacer:
+    """Sleeps in a helper thread (``time.sleep`` is a high-resolution timer) and wakes the event
+    loop through its self-pipe: no busy-waiting. The spinning default costs the client ~0.3 ms
+    of CPU per request at 300 req/s, taken from the same cores as the processes under test."""
+
+    def __init__(self) -> None:
+        import concurrent.futures
+
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pacer")
+
+    async def __call__(self, t: float) -> None:
+        if (d := t - time.perf_counter()) > 0:
+            await asyncio.get_running_loop().run_in_executor(self._pool, time.sleep, d)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
 async def timed_call(send: Send, model: str, payload: bytes, t_intended: float, t0: float, rec: Recorder) -> None:
     t_sent = time.perf_counter()
     try:
@@ -63,9 +81,11 @@ async def timed_call(send: Send, model: str, payload: bytes, t_intended: float, 
 
 async def open_loop(send: Send, models: Sequence[str], payloads: dict[str, bytes], rate: float, duration_s: float,
                     rec: Recorder, *, seed: int = 0, t0: float | None = None, max_inflight: int = 2000,
-                    stop: asyncio.Event | None = None) -> dict[str, float]:
+                    stop: asyncio.Event | None = None,
+                    pacer: Callable[[float], Awaitable[None]] = _sleep_until) -> dict[str, float]:
     """Poisson arrivals at ``rate``/s for ``duration_s``; ``models`` is the pre-drawn model sequence
-    (cycled). Returns the generator's lag statistics."""
+    (cycled). ``pacer`` waits until an arrival time (default: sleep, then spin the last 2 ms).
+    Returns the generator's lag statistics."""
     rng = np.random.default_rng(seed)
     n = max(1, int(rate * duration_s * 1.2) + 10)
     arrivals = np.cumsum(rng.exponential(1.0 / rate, n))
@@ -78,7 +98,7 @@ async def open_loop(send: Send, models: Sequence[str], payloads: dict[str, bytes
         if stop is not None and stop.is_set():
             break
         intended = start + float(at)
-        await _sleep_until(intended)
+        await pacer(intended)
         now = time.perf_counter()
         lags.append(now - intended)
         model = models[i % len(models)]
