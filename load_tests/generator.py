@@ -10,6 +10,8 @@ the server. Both drivers stop by themselves at their deadline.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -51,22 +53,54 @@ async def _sleep_until(t: float) -> None:
         await asyncio.sleep(d - 0.0015 if d > 0.002 else 0)
 
 
-class ThreadPacer:
-    """Sleeps in a helper thread (``time.sleep`` is a high-resolution timer) and wakes the event
-    loop through its self-pipe: no busy-waiting. The spinning default costs the client ~0.3 ms
-    of CPU per request at 300 req/s, taken from the same cores as the processes under test."""
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+class TimerfdPacer:
+    """Wakes the event loop at each arrival through a Linux timerfd: microsecond wake-ups with
+    neither a spin nor a thread. The spinning default busy-waits ~2 ms per arrival (at 300
+    req/s about 0.3 ms of client CPU per request, and a core held in the meantime: the
+    processes under test then share the other core); a helper thread's ``time.sleep``
+    woke the loop ~1.2 ms late through the GIL (gateway-tuning, BENCHMARKS.md)."""
 
     def __init__(self) -> None:
-        import concurrent.futures
-
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pacer")
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        fd = self._libc.timerfd_create(time.CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "timerfd_create failed")
+        self._fd = fd
 
     async def __call__(self, t: float) -> None:
-        if (d := t - time.perf_counter()) > 0:
-            await asyncio.get_running_loop().run_in_executor(self._pool, time.sleep, d)
+        d = t - time.perf_counter()
+        if d <= 0:
+            return
+        ns = max(1000, int(d * 1e9))
+        spec = _Itimerspec(_Timespec(0, 0), _Timespec(ns // 1_000_000_000, ns % 1_000_000_000))
+        if self._libc.timerfd_settime(self._fd, 0, ctypes.byref(spec), None) != 0:
+            raise OSError(ctypes.get_errno(), "timerfd_settime failed")
+        loop = asyncio.get_running_loop()
+        fired: asyncio.Future[None] = loop.create_future()
+        def wake() -> None:
+            if not fired.done():
+                fired.set_result(None)
+
+        loop.add_reader(self._fd, wake)
+        try:
+            await fired
+        finally:
+            loop.remove_reader(self._fd)
+        try:
+            os.read(self._fd, 8)
+        except BlockingIOError:
+            pass
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False)
+        os.close(self._fd)
 
 
 async def timed_call(send: Send, model: str, payload: bytes, t_intended: float, t0: float, rec: Recorder) -> None:

@@ -15,8 +15,9 @@ variant runs as its own Envoy beside the others, so they differ in nothing else:
 
 Per path and round: an open loop (Poisson at ``--rate``) for p50/p99 and CPU per request
 at that rate, then a closed loop (``--callers``) for saturated req/s and CPU per request;
-the paths take turns for ``--rounds`` rounds, pooled. ``--pacer thread`` paces the open
-loop from a helper thread instead of spinning (the spin takes CPU from the same cores).
+the paths take turns for ``--rounds`` rounds, pooled. The open loop runs once per pacer:
+``spin`` (the generator's default: sleep, then busy-wait the last ~2 ms, CPU taken from the
+cores the paths share) and ``timerfd`` (a Linux timerfd wakes the loop; no busy-wait).
 Every request names the model in ``mm-model-id`` (``--body``: only in the body).
 """
 
@@ -37,7 +38,7 @@ from typing import Any
 import grpc
 
 from load_tests import harness, plots
-from load_tests.generator import ThreadPacer, _sleep_until, closed_loop, grpc_sender, open_loop
+from load_tests.generator import TimerfdPacer, _sleep_until, closed_loop, grpc_sender, open_loop
 from load_tests.probe import MeshProbe
 from load_tests.recorder import Recorder
 from load_tests.workload import make_models, register_all
@@ -57,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=4, help="turns each path takes (pooled)")
     p.add_argument("--callers", type=int, default=8, help="closed-loop concurrent callers (saturation)")
     p.add_argument("--warmup", type=int, default=100, help="requests per path and round before measuring")
-    p.add_argument("--pacer", choices=("spin", "thread"), default="spin", help="how the open loop waits")
+    p.add_argument("--pacers", default="spin,timerfd",
+                   help="how the open loop waits, each measured: spin (the generator's default), timerfd")
     p.add_argument("--body", action="store_true", help="name the model only in the body (Envoy paths)")
 
 
@@ -150,24 +152,27 @@ class Path_:
 
     def __init__(self, name: str, send: Any) -> None:
         self.name, self.send = name, send
-        self.lat, self.sat = Recorder(name), Recorder(f"{name} saturated")
-        self.cpu: dict[str, dict[str, list[float]]] = {"open_loop": {}, "saturated": {}}
+        self.lat: dict[str, Recorder] = {}
+        self.sat = Recorder(f"{name} saturated")
+        self.cpu: dict[str, dict[str, list[float]]] = {"saturated": {}}
 
     def _charge(self, phase: str, before: dict[str, tuple[float, float]], pids: dict[str, int]) -> None:
         for k, pid in pids.items():
             u, s = proc_cpu(pid)
-            acc = self.cpu[phase].setdefault(k, [0.0, 0.0])
+            acc = self.cpu.setdefault(phase, {}).setdefault(k, [0.0, 0.0])
             acc[0] += u - before[k][0]
             acc[1] += s - before[k][1]
 
     async def round(self, model: str, payload: bytes, args: argparse.Namespace, i: int, pids: dict[str, int],
-                    t0: float, pacer: Any) -> None:
+                    t0: float, pacers: dict[str, Any]) -> None:
         for _ in range(args.warmup):
             await self.send(model, payload)
-        cpu = {k: proc_cpu(p) for k, p in pids.items()}
-        await open_loop(self.send, [model], {model: payload}, args.rate, args.seconds, self.lat, seed=args.seed + i,
-                        t0=t0, pacer=pacer)
-        self._charge("open_loop", cpu, pids)
+        for pname, pacer in pacers.items():
+            rec = self.lat.setdefault(pname, Recorder(f"{self.name} open loop ({pname})"))
+            cpu = {k: proc_cpu(p) for k, p in pids.items()}
+            await open_loop(self.send, [model], {model: payload}, args.rate, args.seconds, rec, seed=args.seed + i,
+                            t0=t0, pacer=pacer)
+            self._charge(f"open_loop_{pname}", cpu, pids)
         cpu = {k: proc_cpu(p) for k, p in pids.items()}
         await closed_loop(self.send, [model], {model: payload}, args.callers, args.seconds, self.sat, t0=t0)
         self._charge("saturated", cpu, pids)
@@ -177,8 +182,8 @@ class Path_:
             return {k: {"user_ms": round(u * 1e3 / max(n, 1), 4), "sys_ms": round(s * 1e3 / max(n, 1), 4)}
                     for k, (u, s) in self.cpu[phase].items()}
 
-        return {"open_loop": self.lat.summary(), "saturated": self.sat.summary(),
-                "cpu_per_request_open_loop": per_request("open_loop", self.lat.ok),
+        return {**{f"open_loop_{p}": r.summary() for p, r in self.lat.items()}, "saturated": self.sat.summary(),
+                **{f"cpu_per_request_open_loop_{p}": per_request(f"open_loop_{p}", r.ok) for p, r in self.lat.items()},
                 "cpu_per_request_saturated": per_request("saturated", self.sat.ok)}
 
 
@@ -187,7 +192,7 @@ async def run(args: argparse.Namespace) -> Path:
         raise SystemExit("gateway-tuning runs its own local mesh: drop --target")
     out = harness.out_dir(args, NAME)
     load_before = os.getloadavg()
-    pacer = ThreadPacer() if args.pacer == "thread" else _sleep_until
+    pacers: dict[str, Any] = {p: TimerfdPacer() if p == "timerfd" else _sleep_until for p in args.pacers.split(",")}
     procs: list[subprocess.Popen[bytes]] = []
     async with harness.open_mesh(args, gateway=True, gateway_concurrency=1) as mesh:
         local = mesh.local
@@ -225,15 +230,16 @@ async def run(args: argparse.Namespace) -> Path:
             t0 = time.perf_counter()
             for i in range(args.rounds):
                 for p in paths:
-                    await p.round(tiny, models.payloads[tiny], args, i, pids, t0, pacer)
+                    await p.round(tiny, models.payloads[tiny], args, i, pids, t0, pacers)
         finally:
             for ch in channels.values():
                 await ch.close()
             for proc in procs:
                 proc.terminate()
                 proc.wait(15)
-            if isinstance(pacer, ThreadPacer):
-                pacer.close()
+            for pacer in pacers.values():
+                if isinstance(pacer, TimerfdPacer):
+                    pacer.close()
     results = {p.name: p.summary() for p in paths}
     png = plots.bars({p.name: p.sat.summary()["ok_per_s"] for p in paths}, out / "saturated_rps.png",
                      "tiny model: saturated throughput by Envoy configuration", "req/s")
@@ -244,16 +250,28 @@ async def run(args: argparse.Namespace) -> Path:
 
 def _summary(results: dict[str, Any]) -> dict[str, Any]:
     d = results["direct"]
+    pacers = [k.removeprefix("open_loop_") for k in d if k.startswith("open_loop_")]
+
+    def ratio(a: float, b: float) -> float:
+        return round(a / b, 3) if b else 0.0
+
     out: dict[str, Any] = {}
     for name, r in results.items():
-        sat, p50 = r["saturated"]["ok_per_s"], r["open_loop"]["latency_ms"]["p50"]
         own = name if name != "direct" else "runtime"
-        cpu = {phase: {k: round(v["user_ms"] + v["sys_ms"], 3) for k, v in r[f"cpu_per_request_{phase}"].items()
-                       if k in (own, "client", "runtime")} for phase in ("open_loop", "saturated")}
-        out[name] = {"saturated_rps": sat, "rps_over_direct": round(sat / max(d["saturated"]["ok_per_s"], 1e-9), 3),
-                     "p50_ms": p50, "p50_over_direct": round(p50 / max(d["open_loop"]["latency_ms"]["p50"], 1e-9), 3),
-                     "p99_ms": r["open_loop"]["latency_ms"]["p99"],
-                     # From the actual send (without the pacer's lag), beside p50 from the intended send.
-                     "service_p50_ms": r["open_loop"]["service_ms"]["p50"],
-                     "errors": r["saturated"]["errors"] + r["open_loop"]["errors"], "cpu_ms_per_request": cpu}
+        sat = r["saturated"]["ok_per_s"]
+        row: dict[str, Any] = {"saturated_rps": sat, "rps_over_direct": ratio(sat, d["saturated"]["ok_per_s"]),
+                               "errors": r["saturated"]["errors"] + sum(r[f"open_loop_{p}"]["errors"] for p in pacers)}
+        for p in pacers:
+            lat, dlat = r[f"open_loop_{p}"], d[f"open_loop_{p}"]
+            row[f"p50_ms_{p}"] = lat["latency_ms"]["p50"]
+            row[f"p50_over_direct_{p}"] = ratio(lat["latency_ms"]["p50"], dlat["latency_ms"]["p50"])
+            # From the actual send (without the pacer's lag), beside p50 from the intended send.
+            row[f"service_p50_ms_{p}"] = lat["service_ms"]["p50"]
+            row[f"service_p50_over_direct_{p}"] = ratio(lat["service_ms"]["p50"], dlat["service_ms"]["p50"])
+            row[f"p99_ms_{p}"] = lat["latency_ms"]["p99"]
+        row["cpu_ms_per_request"] = {
+            phase.removeprefix("cpu_per_request_"): {k: round(v["user_ms"] + v["sys_ms"], 3) for k, v in r[phase].items()
+                                                     if k in (own, "client", "runtime")}
+            for phase in r if phase.startswith("cpu_per_request_")}
+        out[name] = row
     return out
