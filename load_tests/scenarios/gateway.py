@@ -6,7 +6,7 @@ Two workloads on one local mesh (etcd, ``--runtimes`` runtimes, a router process
 programmed by it over xDS): the tiny model alone, then ``--models`` tiny models, all
 loaded, drawn with Zipf(``--zipf``) popularity. "direct" sends each request to the
 runtime holding its model (the client knows the placement). Per path and round: an
-open-loop phase (Poisson at ``--rate``) for p50/p99, a closed-loop phase (``--callers``)
+open-loop phase (Poisson at ``--rate``, paced by ``--pacer``) for p50/p99, a closed-loop phase (``--callers``)
 for saturated req/s and CPU per request of each process. Paths take turns for
 ``--rounds`` rounds, pooled. Client, Envoy, router and runtimes share this machine's
 cores: the ratios in one run are the point, and the load average is recorded.
@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 
 from load_tests import harness, plots
-from load_tests.generator import Send, grpc_sender
+from load_tests.generator import Send, TimerfdPacer, _sleep_until, grpc_sender
 from load_tests.probe import MeshProbe
 from load_tests.scenarios.overhead import Way
 from load_tests.workload import Zipf, make_models, register_all
@@ -51,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=200, help="requests per path and round before measuring")
     p.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy worker threads")
     p.add_argument("--workloads", default="tiny,zipf", help="which workloads to run")
+    p.add_argument("--pacer", choices=("timerfd", "spin"), default="timerfd",
+                   help="how the open loop waits for each arrival: a timerfd, or sleep + busy-wait (which takes "
+                        "a core from the paths under test; gateway-tuning measures both)")
     p.add_argument("--no-lua-too", action="store_true",
                    help="also measure a second Envoy without the body filter (header, and body-only via the router)")
 
@@ -110,9 +113,9 @@ def _ratios(summary: dict[str, Any]) -> dict[str, Any]:
 
 async def _workload(name: str, seq: Sequence[str], payloads: dict[str, bytes], sends: dict[str, Send],
                     pids: dict[str, int], args: argparse.Namespace, t0: float,
-                    placement: Placement) -> tuple[dict[str, Any], list[Way]]:
+                    placement: Placement, pacer: Any) -> tuple[dict[str, Any], list[Way]]:
     names = [p for p in (*PATHS, *NO_LUA) if p in sends]
-    ways = [Way(f"{name} {p}", sends[p]) for p in names]
+    ways = [Way(f"{name} {p}", sends[p], pacer) for p in names]
     copies = []
     for i in range(args.rounds):
         for way in ways:
@@ -160,17 +163,18 @@ async def run(args: argparse.Namespace) -> Path:
                 pids["envoy_nolua"] = nolua.proc.pid if nolua.proc else 0
             pids |= {f"runtime_{p.instance_id}": p.proc.pid for p in local.procs}
             t0 = time.perf_counter()
+            pacer = TimerfdPacer() if args.pacer == "timerfd" else _sleep_until
             try:
                 if "tiny" in args.workloads:
                     tiny = models.ids[0]
                     results["tiny"], ways = await _workload("tiny", [tiny], models.payloads, sends, pids, args, t0,
-                                                        placement)
+                                                        placement, pacer)
                     pngs.append(plots.bars({w.sat.name: w.sat.summary()["ok_per_s"] for w in ways},
                                            out / "tiny_saturated_rps.png", "tiny model: saturated throughput", "req/s"))
                 if "zipf" in args.workloads:
                     seq = [models.ids[i] for i in Zipf(len(models.ids), args.zipf, args.seed).draw(50_000)]
                     results["zipf"], ways = await _workload("zipf", seq, models.payloads, sends, pids, args, t0,
-                                                            placement)
+                                                            placement, pacer)
                     pngs.append(plots.bars({w.sat.name: w.sat.summary()["ok_per_s"] for w in ways},
                                            out / "zipf_saturated_rps.png",
                                            f"{args.models} models, Zipf {args.zipf:g}: saturated throughput", "req/s"))
@@ -181,6 +185,8 @@ async def run(args: argparse.Namespace) -> Path:
                     await ch.close()
                 if nolua is not None:
                     nolua.terminate()
+                if isinstance(pacer, TimerfdPacer):
+                    pacer.close()
             # Where Envoy sent what it received: copies_* (straight) and router (fallbacks).
             envoy_stats = {k: v for k, v in local.gateway_proc.stats("cluster.").items()
                            if k.endswith(".upstream_rq_total")}
