@@ -13,9 +13,12 @@ from typing import Any
 
 import grpc
 import numpy as np
+import onnxruntime as ort
+import pytest
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pbg
 
+from mesh import modelgen
 from mesh.etcd_server import LocalEtcd
 from mesh.fetcher import LocalFetcher
 from mesh.proto.mmesh import model_runtime_pb2 as rpb
@@ -25,6 +28,7 @@ from mesh.registry.etcd_store import EtcdStore
 from mesh.registry.keys import KeySchema
 from mesh.runtime.backends import BackendRegistry
 from mesh.runtime.backends.base import LoadedModel, Signature, TensorSpec
+from mesh.runtime.backends.onnx import OnnxBackend
 from mesh.runtime.server import RuntimeServer
 from mesh.runtime.settings import RuntimeSettings
 from mesh.runtime.tensors import decode_outputs, encode_inputs_raw
@@ -101,3 +105,18 @@ async def test_a_load_drops_its_victim_in_its_own_thread_and_writes_both_in_one_
             assert by_key["old"].revision == by_key["new"].revision  # one transaction
     finally:
         await server.stop()
+
+
+@pytest.mark.parametrize(("threshold", "level"), [
+    (1 << 20, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),  # a 70 KB file is small
+    (0, ort.GraphOptimizationLevel.ORT_ENABLE_ALL),  # 0 = always the full set
+    (1000, ort.GraphOptimizationLevel.ORT_ENABLE_ALL),  # larger than the threshold
+])
+def test_small_onnx_files_get_basic_graph_optimisation(model_files, threshold: int, level: Any) -> None:
+    spec, path = model_files[0]
+    model: Any = OnnxBackend(full_optimization_min_bytes=threshold).load("m", path, {}, "cpu")
+    assert model._session.get_session_options().graph_optimization_level == level
+    x = modelgen.sample_input(spec, batch=2)  # answers match the fully optimised session's
+    full: Any = OnnxBackend().load("m", path, {}, "cpu")
+    name, out = model.signature.inputs[0].name, model.signature.outputs[0].name
+    np.testing.assert_allclose(model.infer({name: x}, ())[out], full.infer({name: x}, ())[out], rtol=1e-5)
