@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cachetools import LRUCache
+
 from mesh.clock import Clock
 from mesh.errors import DeadlineExceeded, InvalidArgument, MeshError, ModelLoadFailed, NotFound, Unavailable
 from mesh.fetcher import Fetcher, local_path, redact_uri
@@ -34,6 +36,7 @@ from mesh.security.paths import check_model_path
 from mesh.registry.ids import validate_id
 from mesh.runtime.backends import BackendRegistry
 from mesh.runtime.cache import Entry, ModelCache
+from mesh.runtime.inline import RunEstimate
 from mesh.runtime.listener import LoadListener, parse_key
 from mesh.runtime.metrics import RuntimeMetrics
 from mesh.runtime.rate import RequestRate
@@ -43,6 +46,10 @@ from mesh.runtime.threads import FrameworkThreads
 from mesh.runtime.unloader import Unloader
 
 log = logging.getLogger(__name__)
+
+#: Models whose run-time estimate outlives their eviction (a reload of the same source
+#: starts from it: under churn, its first request no longer pays the pool's thread hop).
+RUN_MEMO_SIZE = 8192
 
 
 class ModelManager:
@@ -72,6 +79,8 @@ class ModelManager:
         self._unloader = Unloader(self._threads, fetcher=fetcher, metrics=metrics, listener=listener, clock=clock,
                                   policy_name=lambda: self.cache.policy.name, on_done=self._update_gauges)
         self.infer_pool = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="infer")
+        #: model id -> (its source: path and key, the run estimate of its copy here).
+        self._runs: LRUCache[str, tuple[tuple[str, str], RunEstimate]] = LRUCache(RUN_MEMO_SIZE)
         self.accepting = True
         self.in_flight = 0
         self.rate = RequestRate(clock)
@@ -186,6 +195,7 @@ class ModelManager:
                     await self._fetcher.release(model_id)
                     raise
             result = "success"
+            self._keep_run_estimate(model_id, path, key)
             self._listener.loaded(model_id, size)
             return size
         except asyncio.CancelledError:
@@ -202,6 +212,20 @@ class ModelManager:
             if result != "success":
                 self._listener.removed(model_id)
             self._update_gauges()
+
+    def _keep_run_estimate(self, model_id: str, path: str, key: dict[str, Any]) -> None:
+        """A reload of the same source inherits the estimate its last copy here built
+        (fast stays inline from the first request, slow stays in the pool); another
+        source starts afresh (its first run in the pool)."""
+        entry = self.cache.get(model_id)
+        if entry is None:
+            return
+        source = (path, repr(sorted(key.items())))
+        known = self._runs.get(model_id)
+        if known is not None and known[0] == source:
+            entry.run = known[1]
+        else:
+            self._runs[model_id] = (source, entry.run)
 
     async def _load_fetched(
         self, model_id: str, model_type: str, backend: Any, path: Path, file_bytes: int, key: dict[str, Any],
