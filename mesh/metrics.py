@@ -12,6 +12,9 @@ README "Metrics" lists every name with its ModelMesh counterpart.
 
 from __future__ import annotations
 
+import socket
+import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -91,10 +94,14 @@ class MetricsBase:
     def etcd_error(self, op: str) -> None:
         self.etcd_errors.labels(op).inc()
 
-    def serve(self, listen: str) -> str:
-        """Starts the /metrics HTTP server (its own thread); returns HOST:PORT bound."""
+    def serve(self, listen: str, ssl_context: ssl.SSLContext | None = None) -> str:
+        """Starts the /metrics HTTP server (its own thread); returns HOST:PORT bound.
+        With ``ssl_context``: HTTPS, each handshake on the request's own thread."""
         host, port = parse_host_port(listen, what="metrics-listen")
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        if ssl_context is None:
+            server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        else:
+            server = _tls_metrics_server(host, port, self.registry, ssl_context)
         self._server = server
         self.endpoint = f"{host}:{server.server_port}"
         return self.endpoint
@@ -108,3 +115,31 @@ class MetricsBase:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def _tls_metrics_server(host: str, port: int, registry: CollectorRegistry, ctx: ssl.SSLContext) -> Any:
+    """prometheus_client's WSGI server, with TLS done per connection on the worker thread
+    (its own ``certfile`` option handshakes in the accept loop, so one stalled client
+    blocks every scrape, and never re-reads the certificate)."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client import make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    from mesh.security.http_tls import wrap_accepted
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    class TlsServer(ThreadingWSGIServer):
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            wrapped = wrap_accepted(request, ctx)
+            if wrapped is not None:
+                super().process_request_thread(wrapped, client_address)
+
+    if ":" in host:
+        TlsServer.address_family = socket.AF_INET6
+    server = make_server(host, port, make_wsgi_app(registry), TlsServer, handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, name="metrics-https", daemon=True).start()
+    return server

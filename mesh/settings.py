@@ -99,6 +99,9 @@ class CommonSettings(BaseSettings):
     tls_key: str = ""
     #: PEM CA bundle: with it, clients must present a certificate it signed (mTLS).
     tls_client_ca: str = ""
+    #: Serve the metrics port with TLS too: the same certificate, key and client CA
+    #: (re-read on change); off: plaintext metrics (a scraper inside the cluster).
+    metrics_tls: bool = False
     #: HOST:PORT of a plaintext port serving only grpc.health.v1 (kubelet gRPC probes
     #: cannot speak TLS); "" = none.
     health_listen: str = ""

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,6 +25,7 @@ from mesh.registry.store import KVStore
 from mesh.security.auth import header_token_check, router_gates
 from mesh.security.guard import GuardedServer, enable_reflection
 from mesh.security.health_port import start_health_port
+from mesh.security.http_tls import metrics_ssl_context, server_ssl_context
 from mesh.security.tls import add_port, channel_tls, server_tls
 from mesh.security.tokens import TokenFile
 from mesh.tasks import TaskSet
@@ -101,11 +105,18 @@ class RouterServer:
         self.xds: XdsCache | None = None
         self.port = 0
         self.metrics_port = 0
+        #: The SDS folder for Envoy's runtime TLS when the router made one (removed on stop).
+        self._xds_tmp = ""
 
     @property
     def endpoint(self) -> str:
         host = self.settings.listen.rpartition(":")[0]
         return f"{host}:{self.port}"
+
+    @property
+    def rest_scheme(self) -> str:
+        """https when the REST port serves TLS (the router's certificate), else http."""
+        return "https" if self.tls is not None else "http"
 
     @property
     def rest_endpoint(self) -> str:
@@ -114,7 +125,7 @@ class RouterServer:
 
     def _public_urls(self) -> tuple[str, str]:
         """gRPC and REST URLs shown in InferenceService statuses."""
-        rest = self.settings.public_rest_url or (f"http://{self.rest_endpoint}" if self.rest_endpoint else "")
+        rest = self.settings.public_rest_url or (f"{self.rest_scheme}://{self.rest_endpoint}" if self.rest_endpoint else "")
         return (self.settings.public_grpc_url or f"grpc://{self.endpoint}", rest)
 
     async def start(self) -> None:
@@ -144,7 +155,8 @@ class RouterServer:
         if self.settings.rest_listen:
             authorize = header_token_check(self.tokens) if self.tokens and self.settings.auth_inference else None
             rest = RestServer(self.core, self.settings.rest_listen, self.settings.max_message_bytes, VERSION,
-                              authorize=authorize)
+                              authorize=authorize,
+                              ssl_context=server_ssl_context(self.tls) if self.tls is not None else None)
             try:
                 await rest.start()
             except OSError:
@@ -160,7 +172,7 @@ class RouterServer:
         m.failing_models.set_function(self._failing_models)
         m.track_copies(self._loaded_copies)
         if self.settings.metrics_listen:
-            m.serve(self.settings.metrics_listen)
+            m.serve(self.settings.metrics_listen, metrics_ssl_context(self.tls, self.settings.metrics_tls))
             self.metrics_port = m.port
         self.tasks.spawn(self.scaler.run(), "scaler")
         self.management.vmodels.resume()
@@ -179,8 +191,22 @@ class RouterServer:
         except ImportError:
             log.info("xDS off: xds-protos is not installed (pip install 'meshserve[envoy]')")
             return
-        self.xds = add_to_server(server, self.mirror, self.metrics.registry, self.tasks, self.clock)
+        self.xds = add_to_server(server, self.mirror, self.metrics.registry, self.tasks, self.clock,
+                                 runtime_tls=self._xds_runtime_tls())
         self.xds.start()
+
+    def _xds_runtime_tls(self) -> Any:
+        """TLS for the runtime clusters Envoy gets, when the router calls runtimes over TLS."""
+        s = self.settings
+        if not s.runtime_ca:
+            return None
+        from router.xds.tls import runtime_secrets, runtime_socket, write_secrets
+
+        folder = s.xds_sds_dir
+        if not folder:
+            folder = self._xds_tmp = tempfile.mkdtemp(prefix="meshserve-xds-sds-")
+        write_secrets(Path(folder), runtime_secrets(s.runtime_ca, s.runtime_cert, s.runtime_key))
+        return runtime_socket(folder, bool(s.runtime_cert))
 
     def _loaded_copies(self) -> dict[str, int]:
         copies = self.mirror.copies
@@ -212,3 +238,5 @@ class RouterServer:
         await self.runtimes.close()
         await self.store.close()
         self.metrics.close()
+        if self._xds_tmp:
+            shutil.rmtree(self._xds_tmp, ignore_errors=True)

@@ -60,6 +60,11 @@ class RouterSettings(CommonSettings):
     #: Serve Envoy's configuration (ADS) on the router's port, for ``meshserve gateway``
     #: (needs the ``envoy`` extra; without it the router serves as before).
     xds: bool = True
+    #: With ``runtime_ca`` and xDS: where the router writes the SDS files (its runtime
+    #: client certificate, the runtimes' CA) that the runtime clusters it sends Envoy
+    #: use for TLS. Envoy must see this folder and those files at the same paths
+    #: (the same pod or host); "" = a new temporary folder.
+    xds_sds_dir: str = ""
     #: URLs an InferenceService's status shows clients (``status.url``,
     #: ``components.predictor.grpcUrl`` / ``restUrl``); "" = ``grpc://<listen>`` and
     #: ``http://<rest listen>`` (none while REST is off). Set them to the address behind a

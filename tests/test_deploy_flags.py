@@ -243,4 +243,6 @@ def test_the_etcd_setting_names_a_service_when_etcd_is_bundled(variant: str) -> 
     service = next(o for o in objs if o["kind"] == "Service" and o["metadata"]["name"] == host)
     assert port in [p["port"] for p in service["spec"]["ports"]]
     etcd_spec = next(s for w, s in pod_specs(objs) if w["metadata"]["name"] == "meshserve-etcd")
-    assert any(f"--listen-client-urls=http://0.0.0.0:{port}" == a for a in etcd_spec["containers"][0]["args"])
+    # http, or https with components/etcd-tls
+    assert any(a in (f"--listen-client-urls=http://0.0.0.0:{port}", f"--listen-client-urls=https://0.0.0.0:{port}")
+               for a in etcd_spec["containers"][0]["args"])

@@ -54,9 +54,14 @@ def test_up_tls_serves_tls_everywhere_and_the_cli_connects_with_the_ca(tmp_path:
                               start_new_session=True, preexec_fn=_die_with_parent)
     try:
         out = _wait_ready(up, log)
-        m = re.search(r"router alone on (\S+) \(TLS\)", out)
+        # Envoy in front when it is installed (TLS on its listeners, to the router and the runtimes).
+        from mesh.cli.local_mesh import gateway_available
+
+        front = "Envoy" if not gateway_available() else "router alone"
+        m = re.search(rf"{front} on (\S+) with TLS", out)
         assert m, out
         endpoint = m.group(1)
+        assert re.search(r"REST \(KServe V1/V2\) on https://", out), out
         ca = data / "pki" / "ca.pem"
         assert f"--tls-ca {ca}" in out
         assert "model memory per runtime: 0.06 GiB" in out

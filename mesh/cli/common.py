@@ -28,6 +28,9 @@ def add_tls_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", help="PEM private key of --tls-cert (env MESHSERVE_TLS_KEY)")
     p.add_argument("--tls-client-ca", help="PEM CA bundle; clients must present a certificate it signed "
                    "(mTLS; env MESHSERVE_TLS_CLIENT_CA)")
+    p.add_argument("--metrics-tls", action="store_const", const=True,
+                   help="serve the metrics port with TLS too, with --tls-cert/--tls-key/--tls-client-ca "
+                   "(env MESHSERVE_METRICS_TLS)")
     p.add_argument("--health-listen", help="HOST:PORT of a plaintext port serving only gRPC health, for kubelet "
                    "probes of a TLS port (env MESHSERVE_HEALTH_LISTEN)")
     p.add_argument("--etcd-ca", help="PEM CA of etcd's certificate: talk TLS to etcd (env MESHSERVE_ETCD_CA)")

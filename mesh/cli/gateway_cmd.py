@@ -27,6 +27,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="do not read model names from request bodies (such requests go through the router)")
     p.add_argument("--node-id", dest="node_id", help="Envoy node id (default: the host name)")
     p.add_argument("--envoy-log-level", dest="envoy_log_level", help="Envoy's log level (default warning)")
+    p.add_argument("--tls-cert", dest="tls_cert", help="PEM certificate the gRPC and REST listeners serve TLS with "
+                   "(re-read when the file is replaced)")
+    p.add_argument("--tls-key", dest="tls_key", help="PEM key of --tls-cert")
+    p.add_argument("--tls-client-ca", dest="tls_client_ca", help="clients must present a certificate this CA signed")
+    p.add_argument("--router-ca", dest="router_ca", help="the router serves TLS: PEM CA of its certificate")
+    p.add_argument("--client-cert", dest="client_cert", help="PEM client certificate towards a router that requires one")
+    p.add_argument("--client-key", dest="client_key", help="PEM key of --client-cert")
+    p.add_argument("--sds-dir", dest="sds_dir", help="where to write Envoy's SDS files (default: a temp folder)")
     p.add_argument("--print-bootstrap", action="store_true", help="print Envoy's bootstrap (JSON) and exit")
 
 
@@ -41,10 +49,11 @@ def run(args: argparse.Namespace) -> int:
     if bool(settings.rest_listen) != bool(settings.router_rest):
         raise InvalidArgument("--rest-listen and --router-rest go together: give both or neither")
     if show:
-        print(json.dumps(bootstrap(settings.config()), indent=2))
+        print(json.dumps(bootstrap(settings.config(settings.gateway_tls())), indent=2))
         return 0
     argv = envoy_argv(settings)
-    print(f"gateway: Envoy on {settings.listen} in front of router {settings.router} "
+    print(f"gateway: Envoy on {settings.listen}{' (TLS)' if settings.tls_cert else ''} in front of router "
+          f"{settings.router}{' (TLS)' if settings.router_ca else ''} "
           f"(admin 127.0.0.1:{settings.admin_port})", file=sys.stderr, flush=True)
     os.execv(argv[0], argv)
     return 0  # not reached

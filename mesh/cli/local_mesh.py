@@ -91,6 +91,8 @@ class LocalMesh:
     gateway: bool = False
     #: Envoy worker threads (0: one per core).
     gateway_concurrency: int = 0
+    #: More ``meshserve gateway`` flags (its TLS).
+    gateway_args: tuple[str, ...] = ()
     procs: list[RuntimeProcess] = field(default_factory=list)
     router: RouterServer | None = None
     router_proc: RouterProcess | None = None
@@ -132,7 +134,7 @@ class LocalMesh:
         if self.gateway:
             self.gateway_proc = GatewayProcess(listen=self.listen, router=self.router_endpoint, admin_port=free_port(),
                                                log_path=self.data_dir / "logs" / "gateway.log",
-                                               concurrency=self.gateway_concurrency,
+                                               concurrency=self.gateway_concurrency, extra_args=self.gateway_args,
                                                rest_listen=self.rest_listen,
                                                router_rest=self.router_rest_endpoint if self.rest_listen else "")
             await loop.run_in_executor(None, self.gateway_proc.start)

@@ -36,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(env MESHSERVE_RUNTIME_CA)")
     p.add_argument("--runtime-cert", help="PEM client certificate presented to runtimes (env MESHSERVE_RUNTIME_CERT)")
     p.add_argument("--runtime-key", help="PEM key of --runtime-cert (env MESHSERVE_RUNTIME_KEY)")
+    p.add_argument("--xds-sds-dir", help="with --runtime-ca: folder for the SDS files Envoy's runtime clusters use for "
+                   "TLS; Envoy must see it at the same path (env MESHSERVE_XDS_SDS_DIR; default: a temp folder)")
     p.add_argument("--runtime-token-file", help="file whose first token is presented on SPI calls to runtimes "
                    "(their --spi-token-file; env MESHSERVE_RUNTIME_TOKEN_FILE)")
 

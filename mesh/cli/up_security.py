@@ -31,6 +31,11 @@ class LocalSecurity:
     client_ca: str = ""
     #: The router serves TLS (generated or the user's certificate).
     tls_router: bool = False
+    #: With Envoy in front (``--tls``): its ``meshserve gateway`` TLS flags, and the router
+    #: settings that replace ``router_options``' for the router behind it. Empty: Envoy
+    #: cannot front this TLS setup (the user's own certificate without ``--tls``).
+    gateway_args: list[str] = field(default_factory=list)
+    behind_envoy: dict[str, Any] = field(default_factory=dict)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -82,6 +87,15 @@ def local_security(args: argparse.Namespace, data_dir: Path, local_etcd: bool) -
         out.runtime_args += ["--tls-cert", str(rt.cert), "--tls-key", str(rt.key), "--tls-client-ca", ca,
                              "--spi-client-names", ROUTER_NAME]
         out.router_options.update(runtime_ca=ca, runtime_cert=str(pki.router.cert), runtime_key=str(pki.router.key))
+        # Behind Envoy the router keeps the local CA's certificate (Envoy verifies it with that
+        # CA); Envoy serves the front door's certificate and presents its own to the router.
+        gw = issue(pki.ca, pki.ca.cert.parent, "meshserve-gateway")
+        out.gateway_args = ["--tls-cert", cert, "--tls-key", key, "--router-ca", ca, "--client-cert", str(gw.cert),
+                            "--client-key", str(gw.key), "--sds-dir", str(data_dir / "gateway-sds")]
+        if client_ca:
+            out.gateway_args += ["--tls-client-ca", client_ca]
+        out.behind_envoy = {"tls_cert": str(pki.router.cert), "tls_key": str(pki.router.key),
+                            "tls_client_ca": ca if client_ca else "", "xds_sds_dir": str(data_dir / "xds-sds")}
         if local_etcd:
             etcd = issue(pki.ca, pki.ca.cert.parent, "meshserve-etcd")
             out.etcd_tls = (str(etcd.cert), str(etcd.key), ca)

@@ -39,6 +39,7 @@ from mesh.runtime.sizing import check_device, derive_capacity
 from mesh.security.auth import runtime_gates
 from mesh.security.guard import GuardedServer, enable_reflection
 from mesh.security.health_port import start_health_port
+from mesh.security.http_tls import metrics_ssl_context
 from mesh.security.tls import add_port, channel_tls, server_tls
 from mesh.security.tokens import TokenFile
 from mesh.settings import parse_host_port
@@ -110,7 +111,8 @@ class RuntimeServer:
         self._store = EtcdStore(s.etcd, timeout_s=s.etcd_timeout_s, on_error=self.metrics.etcd_error,
                                 tls=channel_tls(s.etcd_ca, s.etcd_cert, s.etcd_key))
         await self._store.start()
-        metrics_endpoint = self.metrics.serve(s.metrics_listen) if s.metrics_listen else ""
+        metrics_endpoint = self.metrics.serve(s.metrics_listen, metrics_ssl_context(tls, s.metrics_tls)) \
+            if s.metrics_listen else ""
 
         self._server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -56,9 +57,12 @@ class RestServer:
 
     def __init__(self, core: InferenceCore, listen: str, max_body_bytes: int, version: str,
                  shutdown_timeout_s: float = 5.0,
-                 authorize: Callable[[str | None], None] | None = None) -> None:
+                 authorize: Callable[[str | None], None] | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         """``authorize``: called with each request's Authorization header; raises a MeshError
-        (Unauthenticated) to refuse it (the router's --auth-inference)."""
+        (Unauthenticated) to refuse it (the router's --auth-inference). ``ssl_context``: HTTPS
+        (mesh/security/http_tls.py: the router's certificate, re-read on change)."""
+        self._ssl = ssl_context
         self._authorize = authorize
         self._core = core
         self._shutdown_timeout = shutdown_timeout_s
@@ -85,7 +89,7 @@ class RestServer:
         # On stop, requests in flight get shutdown_timeout_s to finish; idle keep-alives close at once.
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=self._shutdown_timeout)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, backlog=1024)
+        site = web.TCPSite(runner, host, port, backlog=1024, ssl_context=self._ssl)
         try:
             await site.start()
         except OSError as e:

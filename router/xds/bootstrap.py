@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from router.xds.tls import GatewayTls
 from router.xds.snapshot import BODY_HEADER, MAX_REQUEST_BYTES, ROUTE_CONFIG_NAME, ROUTER_CLUSTER
 
 XDS_CLUSTER = "xds"
@@ -79,6 +80,8 @@ class GatewayConfig:
     router_rest: str = ""
     #: Read the model name from request bodies (Lua) when no header names it.
     body_routing: bool = True
+    #: TLS of the public listeners and towards the router (router/xds/tls.py); default: none.
+    tls: GatewayTls = GatewayTls()
 
 
 def _split(hostport: str) -> tuple[str, int]:
@@ -91,7 +94,7 @@ def _addr(hostport: str) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
-def _cluster(name: str, hostport: str, *, http2: bool = True) -> dict[str, Any]:
+def _cluster(name: str, hostport: str, *, http2: bool = True, tls: dict[str, Any] | None = None) -> dict[str, Any]:
     host, _ = _split(hostport)
     ip = bool(re.fullmatch(r"[0-9.]+|[0-9a-fA-F:]+", host))
     c: dict[str, Any] = {
@@ -103,6 +106,8 @@ def _cluster(name: str, hostport: str, *, http2: bool = True) -> dict[str, Any]:
         "circuit_breakers": {"thresholds": [{"max_connections": 1000000, "max_pending_requests": 1000000,
                                              "max_requests": 1000000, "max_retries": 1000000}]},
     }
+    if tls is not None:
+        c["transport_socket"] = tls
     if http2:
         c["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -133,10 +138,13 @@ def _static_routes(name: str, cluster: str, paths: tuple[str, ...] = ()) -> dict
         "routes": [{"match": m, "route": {"cluster": cluster, "timeout": "0s"}} for m in matches]}]}}
 
 
-def _listener(name: str, hostport: str, hcm: dict[str, Any]) -> dict[str, Any]:
+def _listener(name: str, hostport: str, hcm: dict[str, Any], tls: dict[str, Any] | None = None) -> dict[str, Any]:
+    chain: dict[str, Any] = {"filters": [hcm]}
+    if tls is not None:
+        chain["transport_socket"] = tls
     return {"name": name, "address": _addr(hostport),
             "per_connection_buffer_limit_bytes": MAX_REQUEST_BYTES,
-            "filter_chains": [{"filters": [hcm]}]}
+            "filter_chains": [chain]}
 
 
 def bootstrap(cfg: GatewayConfig) -> dict[str, Any]:
@@ -147,15 +155,20 @@ def bootstrap(cfg: GatewayConfig) -> dict[str, Any]:
             "default_source_code": {"inline_string": BODY_FILTER}}})
     rds = {"rds": {"route_config_name": ROUTE_CONFIG_NAME,
                    "config_source": {"ads": {}, "resource_api_version": "V3"}}}
-    listeners = [_listener("grpc", cfg.listen, _hcm("grpc", rds, filters))]
-    clusters = [_cluster(ROUTER_CLUSTER, cfg.router), _cluster(XDS_CLUSTER, cfg.router)]
+    # TLS on the public listeners (the stats listener stays plaintext: probes, scrapers).
+    public_tls = cfg.tls.listener_socket()
+    to_router = cfg.tls.router_socket(["h2"])
+    listeners = [_listener("grpc", cfg.listen, _hcm("grpc", rds, filters), public_tls)]
+    clusters = [_cluster(ROUTER_CLUSTER, cfg.router, tls=to_router), _cluster(XDS_CLUSTER, cfg.router, tls=to_router)]
     if cfg.stats_listen:
         listeners.append(_listener("stats", cfg.stats_listen, _hcm(
             "stats", _static_routes("stats", ADMIN_CLUSTER, ("/stats/prometheus", "/ready")), [])))
         clusters.append(_cluster(ADMIN_CLUSTER, f"127.0.0.1:{cfg.admin_port}", http2=False))
     if cfg.rest_listen and cfg.router_rest:
-        listeners.append(_listener("rest", cfg.rest_listen, _hcm("rest", _static_routes("rest", REST_CLUSTER), [])))
-        clusters.append(_cluster(REST_CLUSTER, cfg.router_rest, http2=False))
+        listeners.append(_listener("rest", cfg.rest_listen, _hcm("rest", _static_routes("rest", REST_CLUSTER), []),
+                                   public_tls))
+        clusters.append(_cluster(REST_CLUSTER, cfg.router_rest, http2=False,
+                                 tls=cfg.tls.router_socket(["http/1.1"])))
     return {
         "node": {"id": cfg.node_id, "cluster": "meshserve-gateway"},
         # Loopback only: the admin API can change Envoy's state.

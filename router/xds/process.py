@@ -32,6 +32,8 @@ class GatewayProcess:
     concurrency: int = 0
     body_routing: bool = True
     envoy_log_level: str = "warning"
+    #: More ``meshserve gateway`` flags (TLS: --tls-cert, --router-ca, ...).
+    extra_args: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
 
     def argv(self) -> list[str]:
@@ -47,7 +49,7 @@ class GatewayProcess:
             args += ["--envoy-log-level", self.envoy_log_level]
         if not self.body_routing:
             args.append("--no-body-routing")
-        return args
+        return args + list(self.extra_args)
 
     def start(self, timeout_s: float = 60.0) -> None:
         with open(self.log_path, "ab") as log:

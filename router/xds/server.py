@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 
 import grpc
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -56,8 +57,10 @@ class XdsCache:
     """
 
     def __init__(self, mirror: RegistryMirror, metrics: XdsMetrics, tasks: TaskSet, clock: Clock, *,
-                 debounce_s: float = 0.02, linger_s: float = 30.0) -> None:
+                 debounce_s: float = 0.02, linger_s: float = 30.0,
+                 runtime_tls: base_pb2.TransportSocket | None = None) -> None:
         self._mirror = mirror
+        self._runtime_tls = runtime_tls
         self._metrics = metrics
         self._tasks = tasks
         self._clock = clock
@@ -68,7 +71,7 @@ class XdsCache:
         #: cluster name -> (the cluster, monotonic time it leaves the snapshot).
         self._lingering: dict[str, tuple[cluster_pb2.Cluster, float]] = {}
         self._view: XdsView = view_of(mirror)
-        self._snapshot: Snapshot = build_snapshot(self._view)
+        self._snapshot: Snapshot = build_snapshot(self._view, runtime_tls)
         #: The mirror changed while no Envoy listened: rebuild before the snapshot is next read.
         self._stale = False
         mirror.subscribe(self._on_change)
@@ -132,7 +135,7 @@ class XdsCache:
 
     def _rebuild(self) -> None:
         view = view_of(self._mirror)
-        snap = build_snapshot(view)
+        snap = build_snapshot(view, self._runtime_tls)
         now = self._clock.monotonic()
         old = self._snapshot
         for name, cluster in old.clusters.items():
@@ -279,8 +282,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
 
 def add_to_server(server: grpc.aio.Server, mirror: RegistryMirror, registry: CollectorRegistry,
-                  tasks: TaskSet, clock: Clock) -> XdsCache:
+                  tasks: TaskSet, clock: Clock, runtime_tls: base_pb2.TransportSocket | None = None) -> XdsCache:
+    """``runtime_tls``: the runtime clusters' transport socket (router/xds/tls.py); None = plaintext."""
     metrics = XdsMetrics(registry)
-    cache = XdsCache(mirror, metrics, tasks, clock)
+    cache = XdsCache(mirror, metrics, tasks, clock, runtime_tls=runtime_tls)
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AdsServicer(cache, metrics), server)
     return cache

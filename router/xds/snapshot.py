@@ -120,7 +120,9 @@ def _limits() -> circuit_breaker_pb2.CircuitBreakers:
     return circuit_breaker_pb2.CircuitBreakers(thresholds=[t])
 
 
-def copies_cluster(name: str, endpoints: list[str]) -> cluster_pb2.Cluster:
+def copies_cluster(name: str, endpoints: list[str],
+                   transport_socket: base_pb2.TransportSocket | None = None) -> cluster_pb2.Cluster:
+    """``transport_socket``: TLS to the runtimes (router/xds/tls.py), when they serve it."""
     addrs = [_address(e) for e in endpoints]
     lb = [endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=h, port_value=p))))
@@ -149,6 +151,7 @@ def copies_cluster(name: str, endpoints: list[str]) -> cluster_pb2.Cluster:
             interval=_ms(1000), base_ejection_time=_ms(5000),
             max_ejection_percent=wrappers_pb2.UInt32Value(value=100)),
         common_lb_config=cluster_pb2.Cluster.CommonLbConfig(healthy_panic_threshold=percent_pb2.Percent(value=0)),
+        transport_socket=transport_socket,
     )
 
 
@@ -226,7 +229,7 @@ def _header_map(header: str, entries: Mapping[str, matcher_pb2.Matcher.OnMatch],
     return matcher_pb2.Matcher.OnMatch(matcher=matcher_pb2.Matcher(matcher_tree=tree, on_no_match=otherwise))
 
 
-def build_snapshot(view: XdsView) -> Snapshot:
+def build_snapshot(view: XdsView, runtime_tls: base_pb2.TransportSocket | None = None) -> Snapshot:
     clusters: dict[str, cluster_pb2.Cluster] = {}
     #: copy set -> its route (no header changes): one message reused by every model on the set.
     plain: dict[tuple[str, ...], tuple[str, rc.RetryPolicy | None, matcher_pb2.Matcher.OnMatch]] = {}
@@ -234,7 +237,8 @@ def build_snapshot(view: XdsView) -> Snapshot:
         if holders in plain:
             continue
         name = set_name(holders)
-        clusters[f"copies_{name}"] = copies_cluster(f"copies_{name}", [view.endpoints[i] for i in holders])
+        clusters[f"copies_{name}"] = copies_cluster(f"copies_{name}", [view.endpoints[i] for i in holders],
+                                                    runtime_tls)
         clusters[f"route_{name}"] = fallback_cluster(f"route_{name}", f"copies_{name}")
         # One copy: the virtual host's policy (that copy, then the router) keeps routes small.
         retry = direct_retry(len(holders)) if len(holders) > 1 else None
