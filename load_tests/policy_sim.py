@@ -3,17 +3,22 @@ pure victim function, beside libCacheSim's reference policies, Belady's offline
 optimum and (for independent traces) the static optimum.
 
     python -m load_tests.policy_sim [--models 1000] [--requests 50000] [--seed 7] [--rate 100]
-                                    [--families classic,zipf,drift,scan,sized,mesh] [--quick]
+                                    [--families classic,zipf,drift,scan,sized,mesh,decision,long] [--quick]
 
 Trace families (``load_tests/traces.py``), each over ``--models`` models:
 
 - ``classic``: the original table: Zipf ``--zipf``, room ``--capacity``, uniform
   and log-normal sizes, every built-in policy (``ttl`` at ``--ttl-idle-s``).
-- ``zipf``: stationary Zipf, s in ``--zipf-grid`` x room in ``--room-grid``.
+- ``zipf``: stationary Zipf, s in ``--zipf-grid`` x room in ``--room-grid``, with the
+  static optimum and the exact-count LFU (:func:`exact_lfu`: what learning the
+  popularities online costs a frequency policy that counts every request exactly).
 - ``drift``: the hot set slides by one model every ``--drift-steps`` requests.
 - ``scan``: bursts of ``--scan-length`` never-seen models every ``--scan-every``
   requests, against the same Zipf trace without them.
 - ``sized``: log-normal sizes with load costs; misses, load seconds and bytes loaded.
+- ``long`` (not in the defaults): stationary Zipf at room 20 % over
+  ``--long-requests`` (200,000), ``adaptive`` beside libCacheSim's W-TinyLFU, the
+  exact-count LFU and the static optimum: how much of the gap is learning.
 - ``decision``: each policy's time per eviction decision with 10,000 models loaded.
 - ``mesh``: ``--runtimes`` caches sharing the capacity (placement: room first,
   then the runtime with the oldest LRU entry, one copy per model) against one
@@ -213,6 +218,46 @@ def belady(trace: Trace) -> Result:
     return out
 
 
+def exact_lfu(trace: Trace) -> Result:
+    """What an online frequency policy pays to learn the popularities (uniform sizes):
+    TinyLFU with exact counts of every request since the start (no sketch, no aging)
+    and a one-model window. A miss always loads; the model loaded at the previous miss
+    then stays only if it has more requests than the resident with the fewest (least
+    recently used among equals), which goes instead. The static optimum knows the
+    popularities from the first request; this learns them as well as counting can."""
+    reqs = trace.requests.tolist()
+    slots = trace.capacity // int(trace.sizes[0])
+    counts: dict[int, int] = {}
+    last: dict[int, int] = {}
+    heap: list[tuple[int, int, int]] = []  # (count, last use, model) of main; stale entries skipped
+    main: set[int] = set()
+    newest, out = -1, Result()
+    for i, m in enumerate(reqs):
+        counts[m] = counts.get(m, 0) + 1
+        last[m] = i
+        if m in main:
+            heapq.heappush(heap, (counts[m], i, m))
+            continue
+        if m == newest:
+            continue
+        _miss(out, trace, m, i)
+        if newest >= 0:
+            if len(main) + 1 < slots:
+                main.add(newest)
+                heapq.heappush(heap, (counts[newest], last[newest], newest))
+            else:
+                while (top := heap[0]) and (top[2] not in main or top[:2] != (counts[top[2]], last[top[2]])):
+                    heapq.heappop(heap)
+                if counts[newest] > top[0]:  # admitted: main's weakest goes
+                    heapq.heappop(heap)
+                    main.discard(top[2])
+                    main.add(newest)
+                    heapq.heappush(heap, (counts[newest], last[newest], newest))
+                out.evictions += 1
+        newest = m
+    return out
+
+
 def policies(ttl_idle_s: list[float], *, adaptive: bool = True) -> dict[str, ev.EvictionPolicy]:
     """The built-in policies as the policy document builds them (default parameters)."""
     out = {name: eviction_policy(eviction_setting(name)) for name in ("lru", "lfu", "gdsf")}
@@ -224,17 +269,19 @@ def policies(ttl_idle_s: list[float], *, adaptive: bool = True) -> dict[str, ev.
 
 
 def compare(trace: Trace, rate: float, ours: dict[str, ev.EvictionPolicy], *, reference: bool = True,
-            sim: Callable[[Trace, ev.EvictionPolicy, float], Result] = simulate) -> dict[str, Any]:
-    """Every policy (ours, then libCacheSim's, Belady, the static optimum) on one trace."""
+            sim: Callable[[Trace, ev.EvictionPolicy, float], Result] = simulate,
+            names: tuple[str, ...] = lcs_ref.NAMES) -> dict[str, Any]:
+    """Every policy (ours, then libCacheSim's ``names``, Belady, the static optimum) on one trace."""
     n = len(trace.requests)
     rows: dict[str, Any] = {name: sim(trace, pol, rate).row(n) for name, pol in ours.items()}
     sized = bool((trace.sizes != trace.sizes[0]).any())
     if reference:
-        for name in lcs_ref.NAMES:
+        for name in names:
             rows[f"libCacheSim {name}"] = lcs_ref.run(trace, name) if lcs_ref.available() else {"skipped": "no libcachesim"}
     rows["belady (ours)" if not sized else "belady rule (ours; a heuristic with sizes)"] = belady(trace).row(n)
     if trace.independent and not sized:
         s, late = tr.static_optimum(trace)
+        rows["exact-count LFU (learning reference)"] = exact_lfu(trace).row(n)
         rows["static optimum"] = {"misses": s, "miss_ratio": round(s / n, 4), "misses_second_half": late}
     return {"requests": n, "distinct_models": int(len(set(trace.requests.tolist()))),
             "capacity_bytes": trace.capacity, "scan_requests": trace.scan_requests, "policies": rows}
@@ -276,6 +323,14 @@ def run_families(args: argparse.Namespace) -> dict[str, Any]:
                 trace = tr.build(zipf_trace(n, req, s, seed), n, room, sized=False, seed=seed, independent=True)
                 add(f"zipf/s={s:g}/room={room:g}", f"stationary Zipf s={s:g}, room {room:.0%}",
                     compare(trace, args.rate, ours))
+    if "long" in fams:
+        # What the trace length costs at the largest room: an online policy learns the
+        # popularities (exact-count LFU shows the price); the static optimum knows them.
+        for s in _floats(args.zipf_grid):
+            trace = tr.build(zipf_trace(n, args.long_requests, s, seed), n, 0.2, sized=False, seed=seed,
+                             independent=True)
+            add(f"long/s={s:g}/room=0.2", f"stationary Zipf s={s:g}, room 20%, {args.long_requests} requests",
+                compare(trace, args.rate, {"adaptive": ours["adaptive"]}, names=("WTinyLFU",)))
     if "drift" in fams:
         for step in [int(x) for x in _floats(args.drift_steps)]:
             trace = tr.build(tr.drift_trace(n, req, 1.0, seed, step), n, 0.1, sized=False, seed=seed)
@@ -353,6 +408,7 @@ def main() -> None:
     p.add_argument("--families", default="classic,zipf,drift,scan,sized,mesh,decision")
     p.add_argument("--zipf-grid", default="0.8,1.0,1.2")
     p.add_argument("--room-grid", default="0.05,0.1,0.2")
+    p.add_argument("--long-requests", type=int, default=200_000, help="long: requests per trace")
     p.add_argument("--drift-steps", default="200,50", help="requests per one-model slide of the hot set")
     p.add_argument("--scan-every", type=int, default=5000)
     p.add_argument("--scan-length", type=int, default=200)

@@ -58,7 +58,9 @@ class FailedPrecondition(MeshError):
 
 
 class ModelLoadingFailed(FailedPrecondition):
-    """A model's loads failed too often recently; it stays failed until they expire."""
+    """A model's load failed because of the model (its files do not parse, its storage
+    object is missing or refused, its path is not allowed...), or its loads failed too
+    often recently (it stays failed until the failures expire). REST answers 503."""
 
 
 class Conflict(MeshError):
@@ -122,9 +124,17 @@ class CorruptRecord(Internal):
 
 
 class ModelLoadFailed(MeshError):
-    """A load was attempted and failed (bad file, storage error...)."""
+    """A load was attempted and failed: the model's files are not a loadable model (a
+    fault of the model, not of the server: fix the files or the registration)."""
 
-    code = "INTERNAL"
+    code = "FAILED_PRECONDITION"
+
+
+class LoadAborted(MeshError):
+    """A load was cancelled before it finished (unloadModel, unregistration, shutdown);
+    nothing of it was kept. Retry if the model is still wanted."""
+
+    code = "ABORTED"
 
 
 class ModelLoadRefused(FailedPrecondition):

@@ -54,6 +54,21 @@ def from_rpc_error(exc: grpc.RpcError, what: str = "") -> errors.MeshError:
     return cls(f"{prefix}{details}")
 
 
+#: A runtime's answer to loadModel that blames the model (its files, storage object,
+#: path or settings), not the runtime's state: the router reports it as the model's
+#: load failure. UNAVAILABLE (storage unreachable) and RESOURCE_EXHAUSTED (no room)
+#: keep their own codes: trying later or elsewhere may work.
+_MODEL_FAULTS = {"FAILED_PRECONDITION", "DATA_LOSS", "INVALID_ARGUMENT", "NOT_FOUND", "PERMISSION_DENIED"}
+
+
+def from_load_error(exc: grpc.RpcError, what: str = "") -> errors.MeshError:
+    """A runtime's failed loadModel as a tree error: a fault of the model becomes
+    :class:`~mesh.errors.ModelLoadingFailed` (FAILED_PRECONDITION, REST 503), anything
+    else maps as :func:`from_rpc_error` does."""
+    err = from_rpc_error(exc, what)
+    return errors.ModelLoadingFailed(err.message) if err.code in _MODEL_FAULTS else err
+
+
 def internal_message(exc: BaseException) -> tuple[str, str]:
     """A client-safe message for an unexpected exception, and its incident id."""
     incident = uuid.uuid4().hex[:12]

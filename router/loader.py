@@ -18,6 +18,7 @@ import grpc
 
 from mesh.clock import Clock
 from mesh.errors import (
+    Conflict,
     DeadlineExceeded,
     FailedPrecondition,
     MeshError,
@@ -27,7 +28,7 @@ from mesh.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from mesh.grpc_errors import from_rpc_error
+from mesh.grpc_errors import from_load_error
 from mesh.model_types import canonical_model_type
 from mesh.policy.placement import REQUIRE_PREFIX, PlacementPolicy, near_equals, rank
 from mesh.policy.view import ClusterView, InstanceView, ModelView
@@ -153,6 +154,8 @@ class Loader:
                     continue
             failures = active_failures(model, self._clock.now_ms(), self._s.failure_ttl_s)
             if len(failures) >= self._s.max_load_failures:
+                if last_error is not None and not isinstance(last_error, ModelLoadingFailed):
+                    raise last_error  # this request's own attempt: its kind (UNAVAILABLE, RESOURCE_EXHAUSTED...)
                 reasons = "; ".join(f"{f.instance_id}: {f.reason}" for f in failures[-3:])
                 raise ModelLoadingFailed(
                     f"model {model_id!r} failed to load {len(failures)} times recently ({reasons}); "
@@ -198,6 +201,12 @@ class Loader:
                 await self._table.wait_for_change(model_id, min(remaining, 0.5))
             except DeadlineExceeded:
                 raise
+            except Conflict:
+                # ABORTED: an unload cancelled the runtime's load (no fault of the model's,
+                # nothing to record, no other runtime to try); the model may be gone too.
+                if model_id not in self._table.mirror.models:
+                    raise ModelNotFound(f"model {model_id!r} was unregistered while it was loading") from None
+                raise
             except MeshError as e:
                 tried.add(instance_id)
                 last_error = e
@@ -227,7 +236,7 @@ class Loader:
             await self._cleanup_failed(model.model_id, instance_id, inst.endpoint, e.code())
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise DeadlineExceeded(f"loading model {model.model_id!r} on {instance_id} timed out after {timeout:.1f}s") from None
-            err = from_rpc_error(e, f"loading model {model.model_id!r} on runtime {instance_id}")
+            err = from_load_error(e, f"loading model {model.model_id!r} on runtime {instance_id}")
             # A runtime shutting down answers UNAVAILABLE too: that is no fault of the model.
             err.from_runtime = "shutting down" not in (e.details() or "")  # type: ignore[attr-defined]
             raise err from None

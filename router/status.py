@@ -13,6 +13,8 @@ _COPY_STATUS = {rec.LOADING: MS.LOADING, rec.LOADED: MS.LOADED, rec.FAILED: MS.L
 
 def model_status(table: RoutingTable, model_id: str, now_ms: int, failure_ttl_s: float,
                  max_failures: int) -> mm.ModelStatusInfo:
+    """``max_failures`` no longer changes the status (LOADING_FAILED from the first
+    failure); it stays in the signature for its callers and the loader's refusal."""
     model = table.mirror.models.get(model_id)
     if model is None:
         return mm.ModelStatusInfo(status=MS.NOT_FOUND)
@@ -31,7 +33,10 @@ def model_status(table: RoutingTable, model_id: str, now_ms: int, failure_ttl_s:
         info.status = MS.LOADED
     elif rec.LOADING in states:
         info.status = MS.LOADING
-    elif len(failures) >= max_failures:
+    elif failures:
+        # ModelMesh: a model whose last load failed is LOADING_FAILED (with the reasons in
+        # errors) from the first failure on; requests still retry it until max_failures
+        # recent failures (router/loader.py), which refuse it until they expire.
         info.status = MS.LOADING_FAILED
     else:
         info.status = MS.NOT_LOADED

@@ -11,7 +11,8 @@ Knobs a test can turn, to force from the router's point of view what a real
 runtime does under trouble:
 
 - ``load_delay_s``, ``load_gate`` (an Event a load waits for), ``fail_models``
-  (model -> INTERNAL message), ``load_errors`` (model, or ``"*"`` for every
+  (model -> message; answered FAILED_PRECONDITION, as a real runtime answers a
+  file that is not a loadable model), ``load_errors`` (model, or ``"*"`` for every
   model -> (status code, message), e.g. RESOURCE_EXHAUSTED);
 - ``infer_errors`` (model or ``"*"`` -> (code, message)), ``infer_gate``
   (an Event inference waits for), ``forget(model)`` (the copy vanishes from
@@ -141,7 +142,7 @@ class FakeRuntime(spi_grpc.ModelRuntimeServicer, v2_grpc.GRPCInferenceServiceSer
         if mid in self.fail_models:
             reg.removed(mid)
             await self._publish(mid)
-            await context.abort(grpc.StatusCode.INTERNAL, self.fail_models[mid])
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, self.fail_models[mid])
         while len(self.loaded) >= self.capacity_models:
             victim, _ = self.loaded.popitem(last=False)
             reg.removed(victim)

@@ -199,3 +199,9 @@ def test_faults_smoke(tmp_path: Path) -> None:
     d, e = s["d_bad_storage"]["observed"], s["e_cache_budget"]["observed"]
     assert d["corrupt"]["errors"] and all(d["runtimes_ready"].values())
     assert d["unreachable"]["errors"] and e["too_big"]["errors"] and all(e["runtimes_ready"].values())
+    # LOADING_FAILED from the first failure, and each failure's own code (never INTERNAL).
+    assert d["corrupt"]["status"] == d["unreachable"]["status"] == e["too_big"]["status"] == "LOADING_FAILED"
+    assert [d["unreachable"]["first_request"]["code"], d["corrupt"]["first_request"]["code"],
+            e["too_big"]["first_request"]["code"]] == ["UNAVAILABLE", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED"]
+    # (b) converged after the restart (convergence.check: etcd = runtimes = mirror, writes OK).
+    assert s["b_etcd_outage"]["observed"]["converged_after_restart_s"] is not None, s["b_etcd_outage"]["observed"]

@@ -245,3 +245,6 @@ def test_zipf_simulation_belady_bounds_every_policy() -> None:
     distinct = len(set(trace.requests.tolist()))
     assert distinct <= best < min(results.values()), results
     assert results["lfu"] < results["lru"]  # Zipf popularity is stable: frequency wins
+    # What learning costs: exact counts from the first request, still above the static optimum.
+    static, _ = policy_sim.tr.static_optimum(trace)
+    assert static <= policy_sim.exact_lfu(trace).misses < results["lru"]

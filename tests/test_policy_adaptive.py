@@ -8,7 +8,7 @@ import pytest
 from mesh.clock import FakeClock
 from mesh.errors import InvalidArgument
 from mesh.policy import eviction as ev
-from mesh.policy.adaptive import STEP, Adaptive, AdaptiveState
+from mesh.policy.adaptive import STEP, Adaptive, AdaptiveState, counter_cap
 from mesh.policy.document import eviction_policy, eviction_setting, validate_document
 from mesh.policy.sketch import FrequencySketch
 from mesh.runtime.cache import ModelCache
@@ -58,6 +58,18 @@ def test_admission_never_refuses_and_never_takes_a_busy_model() -> None:
     assert Adaptive()(bare, 1).victims == ["y"]  # type: ignore[union-attr]
 
 
+def test_a_long_memory_counts_high_enough_to_rank_rare_models() -> None:
+    # Counters saturate at 31 up to a memory of 64 requests per loaded model, and
+    # proportionally later beyond (at most a byte): at the default longest memory (128,
+    # cap 62) two models with 60 and 100 requests in one period stay apart; at a short one both
+    # saturate (there the cap is what lets a fallen hot model age out quickly).
+    assert (counter_cap(4), counter_cap(64), counter_cap(128), counter_cap(256), counter_cap(4096)) == (31, 31, 62, 124, 255)
+    long = state_with({"rare": 60, "rarer": 100})
+    assert long.frequency("rarer") > long.frequency("rare") > 32
+    short = state_with({"rare": 60, "rarer": 100}, sample_factor=16)
+    assert short.frequency("rare") == short.frequency("rarer") == 31 + 1
+
+
 def test_size_and_cost_decide_what_a_byte_is_worth() -> None:
     # The same frequency: a 2 GiB model that reloads in 8 s is worth 8/2048 s per MiB,
     # a 50 MiB one that reloads in 2 s is worth 2/50: the big one goes first, and one
@@ -93,6 +105,12 @@ def test_the_sketch_ages_so_old_popularity_runs_out() -> None:
         fresh.record(f"scan{i}")
     above = [i for i in range(500) if fresh.estimate(f"scan{i}") > 1]
     assert len(above) <= 5  # the doorkeeper is a Bloom filter: rare false positives
+    # Its bits are packed 8 to a byte, so a long memory's thousands of one-off keys stay
+    # out too (at one bit per byte 104 of these 3,000 got through).
+    for i in range(500, 3000):
+        fresh.record(f"scan{i}")
+    assert sum(fresh.estimate(f"scan{i}") > 1 for i in range(3000)) <= 30
+    assert list(fresh.estimates([f"scan{i}" for i in range(3000)])) == [fresh.estimate(f"scan{i}") for i in range(3000)]
     with pytest.raises(ValueError, match="power of two"):
         FrequencySketch(width=1000)
 
@@ -133,13 +151,13 @@ def _replay(state: AdaptiveState, keys: list[str], capacity: int = 8 * MiB) -> N
 def test_the_shadows_pick_a_short_memory_when_the_hot_set_moves_and_the_long_one_when_it_stays() -> None:
     # Every model sampled (shadow_rate 1): the shadows replay the whole trace with 8 slots.
     moving = AdaptiveState(shadow_rate=1.0)
-    assert moving.memory == 64
+    assert moving.memory == 128 and moving.memories == (128, 32, 8, 2)
     hot_sets = [[f"p{phase}-{j}" for j in range(6)] for phase in range(40)]
     _replay(moving, [hot[i % 6] for hot in hot_sets for i in range(120)])
-    assert moving.memory < 64  # stale counts of past hot sets would hold the slots
+    assert moving.memory < 128  # stale counts of past hot sets would hold the slots
     stable = AdaptiveState(shadow_rate=1.0)
     _replay(stable, [f"s{(i * 7) % 6}" if i % 3 else f"cold{i}" for i in range(4800)])
-    assert stable.memory == 64
+    assert stable.memory == 128
     assert AdaptiveState(climb=False).miniatures == []
 
 

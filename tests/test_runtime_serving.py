@@ -230,12 +230,12 @@ def test_corrupt_model_fails_with_the_reason_and_the_runtime_stays_healthy(
 ) -> None:
     for name in ("corrupt", "truncated"):
         err = rpc_error(lambda: spi.load(name, models[name]))
-        assert err.code() == grpc.StatusCode.INTERNAL
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION  # the file's fault, not the runtime's
         assert str(models[name]) in err.details() and "not a loadable ONNX model" in err.details()
         assert "Protobuf parsing failed" in err.details() or "INVALID_PROTOBUF" in err.details()
     err = rpc_error(lambda: spi.load("corrupt-pt", models["corrupt"].rename(models["corrupt"].with_suffix(".pt")),
                                      model_type="pytorch"))
-    assert err.code() == grpc.StatusCode.INTERNAL and "not a loadable TorchScript archive" in err.details()
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "not a loadable TorchScript archive" in err.details()
     assert eventually(lambda: not any(copies(etcd_server.endpoint, mesh, ["corrupt", "truncated"]).values()))
     assert not client.is_model_ready("corrupt")
     assert spi.status().status == 1  # READY

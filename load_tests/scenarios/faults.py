@@ -6,6 +6,9 @@ while, in turn:
 
 (a) a runtime holding copies is SIGKILLed (not restarted);
 (b) etcd is stopped for ``--etcd-outage-s`` and started again (writes are tried meanwhile);
+    "converged" is load_tests/convergence.py's: the LOADED copy keys in etcd = the models
+    the live runtimes serve = the router's mirror, same instances, and a write succeeds,
+    timed from etcd's restart (and checked again a lease TTL later);
 (c) the router process is restarted (SIGTERM, then a new one on the same port);
 (d) a model on unreachable storage and a corrupt model file are loaded;
 (e) a model larger than the runtimes' disk cache budget is loaded.
@@ -28,7 +31,7 @@ from typing import Any
 
 import grpc
 
-from load_tests import harness, plots
+from load_tests import convergence, harness, plots
 from load_tests.generator import Send, code_of, open_loop
 from load_tests.recorder import Recorder
 from load_tests.workload import ModelSet, make_models, register_all
@@ -38,6 +41,9 @@ from mesh.proto.meshserve.v1 import admin_pb2 as adm
 from mesh.proto.meshserve.v1 import admin_pb2_grpc as adm_grpc
 from mesh.proto.mmesh import model_mesh_pb2 as mm
 from mesh.proto.mmesh import model_mesh_pb2_grpc as mm_grpc
+from mesh.registry.etcd_store import EtcdStore
+from mesh.registry.keys import KeySchema
+from mesh.registry.registry import Registry
 
 NAME = "faults"
 HELP = "SIGKILL a runtime, stop etcd, restart the router, bad storage, full disk cache: errors and recovery"
@@ -153,10 +159,20 @@ async def _phase(ch: grpc.aio.Channel, multi: ModelSet, single: ModelSet, args: 
 
 
 async def _load_status(ch: grpc.aio.Channel, model_id: str, path: str) -> dict[str, Any]:
+    """Registers the model, sends one inference request (which loads it), and reports the
+    answer's code and message, then the model's status."""
+    from tritonclient.grpc import service_pb2 as v2
+
     stub = mm_grpc.ModelMeshStub(ch)
     await stub.registerModel(mm.RegisterModelRequest(modelId=model_id, modelInfo=mm.ModelInfo(type="onnx", path=path)),
                              timeout=30)
-    await stub.ensureLoaded(mm.EnsureLoadedRequest(modelId=model_id, sync=True), timeout=120)
+    request = v2.ModelInferRequest(model_name=model_id)
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 16]).contents.fp32_contents.extend([0.0] * 16)
+    try:
+        await ch.unary_unary(INFER)(request.SerializeToString(), timeout=120)
+        answer = {"code": "OK"}
+    except grpc.aio.AioRpcError as e:
+        answer = {"code": e.code().name, "message": e.details()}
     seen: list[mm.ModelStatusInfo] = []
 
     async def settled() -> bool:  # the load's outcome, failure reason included, is in the status
@@ -165,7 +181,8 @@ async def _load_status(ch: grpc.aio.Channel, model_id: str, path: str) -> dict[s
 
     after = await _until(settled, 120, 0.2)
     st = seen[0]
-    return {"status": mm.ModelStatusInfo.ModelStatus.Name(st.status), "errors": list(st.errors), "settled_s": after}
+    return {"first_request": answer, "status": mm.ModelStatusInfo.ModelStatus.Name(st.status),
+            "errors": list(st.errors), "settled_s": after}
 
 
 async def _runtimes_ready(ch: grpc.aio.Channel) -> dict[str, bool]:
@@ -243,25 +260,33 @@ async def run(args: argparse.Namespace) -> Path:
                     i += 1
                     await asyncio.sleep(max(0.0, min(1.0, end - time.perf_counter())))
                 await loop.run_in_executor(None, local.local_etcd.start)  # type: ignore[union-attr]
-                live = sum(p.proc.poll() is None for p in local.procs)
+                back = time.perf_counter()
+                live = {p.instance_id: p.endpoint for p in local.procs if p.proc.poll() is None}
+                ids = multi.ids + single.ids
+                seen: list[convergence.Convergence] = []
+                store = EtcdStore(local.local_etcd.endpoint, timeout_s=2.0)  # type: ignore[union-attr]
+                await store.start()
+                try:
+                    registry = Registry(store, KeySchema(local.mesh))
 
-                streak: list[float] = []
+                    async def converged() -> bool:
+                        # convergence.check: LOADED copy keys in etcd = models the live
+                        # runtimes serve = the router's mirror, same instances, a write OK.
+                        seen[:] = [await convergence.check(registry, ch, ids, probe_path=str(multi.paths[ids[0]]),
+                                                           live=live, timeout_s=2.0)]
+                        return seen[0].converged
 
-                async def converged() -> bool:
-                    # Every live runtime registered, every traffic model with a loaded copy and
-                    # writes accepted, seen 3 times in a row (a mirror that has not yet applied
-                    # the expired leases would look converged once).
-                    st = await _state(ch)
-                    ok = st.get("instances") == live and await _all_loaded(stub, multi.ids + single.ids)
-                    if ok:
-                        await stub.registerModel(mm.RegisterModelRequest(
-                            modelId="outage/after", modelInfo=mm.ModelInfo(type="onnx", path=str(multi.paths[multi.ids[0]]))),
-                            timeout=2)
-                    streak[:] = [*streak, 1.0] if ok else []
-                    return len(streak) >= 3
-
+                    after = await _until(converged, 90, 0.1)
+                    took = None if after is None else round(time.perf_counter() - back, 3)
+                    # Still converged a lease TTL later (no lease that expires afterwards undoes it).
+                    await asyncio.sleep(args.lease_ttl_s + 1)
+                    stable = await converged()
+                finally:
+                    await store.close()
+                last = seen[0] if seen else convergence.Convergence()
                 return {"outage_s": args.etcd_outage_s, "writes_during_outage": writes,
-                        "converged_after_restart_s": await _until(converged, 90, 0.3)}
+                        "converged_after_restart_s": took, "still_converged_after_ttl": stable,
+                        "convergence": last.describe(), "copies_in_etcd": len(last.etcd)}
 
             if "b" in args.faults:
                 results["b_etcd_outage"] = await _phase(ch, multi, single, args, etcd_outage, 2.0,
@@ -314,14 +339,6 @@ async def run(args: argparse.Namespace) -> Path:
     pngs = [plots.throughput(recs, out / f"{key}.png", f"faults: {key.replace('_', ' ')} (multi / single copy)")
             for key, recs in timelines.items()]
     return harness.write_results(out, NAME, args, {"summary": results}, pngs)
-
-
-async def _all_loaded(stub: mm_grpc.ModelMeshStub, ids: list[str]) -> bool:
-    for m in ids:
-        st = await stub.getModelStatus(mm.GetStatusRequest(modelId=m), timeout=5)
-        if st.status != mm.ModelStatusInfo.LOADED:
-            return False
-    return True
 
 
 async def _ok(ch: grpc.aio.Channel, models: ModelSet) -> bool:

@@ -8,9 +8,10 @@ estimated by a count-min sketch with a doorkeeper and periodic halving
 capacity is hill-climbed on the hit ratio (Caffeine's climber). Beyond
 W-TinyLFU, the sketch's *memory* (how many requests it remembers before halving)
 is chosen by miniature simulation: shadow caches replay a hashed sample of the
-requests with a long, a medium and a short memory, and the decision uses the one
-that hits most, so a stable popularity gets a long, low-noise memory and a
-drifting hot set a short one.
+requests with four memories (each a quarter of the one before), and the decision
+uses the one that hits most, so a stable popularity gets a long, low-noise memory
+(with counters that saturate late enough to rank rare models) and a drifting hot
+set a short one.
 
 What differs, because a model load is not a cache insert:
 
@@ -33,7 +34,7 @@ What differs, because a model load is not a cache insert:
 
 State: :class:`AdaptiveState`, owned by the runtime's cache and handed to the
 decision through ``CacheView.state``. It is the sketch (fixed size), the
-climber (a handful of numbers) and three shadow caches (each at most the
+climber (a handful of numbers) and four shadow caches (each at most the
 models that fit a ``shadow_rate`` share of the capacity, with a sketch of
 ``shadow_rate x sketch_width``); it grows with nothing registered, and the
 decision reads it without changing it. The cache feeds it with :meth:`AdaptiveState.record`
@@ -44,11 +45,12 @@ from __future__ import annotations
 
 import heapq
 import math
+import operator
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from mesh.policy.eviction import MIB, CacheView, EntryView, Eviction, candidates
+from mesh.policy.eviction import MIB, CacheView, EntryView, Eviction
 from mesh.policy.sketch import FrequencySketch, sampled
 
 STEP = 0.0625
@@ -56,11 +58,24 @@ STEP_DECAY = 0.98
 RESTART = 0.05
 #: Requests per loaded model in one climber sample (Caffeine: 10).
 CLIMB_SAMPLE = 10
-#: Counters saturate here (Caffeine: 15, 4 bits). Bytes allow more, and with sizes a
-#: saturated count ranks a hot 2 GiB model with a lukewarm 20 MiB one.
+#: Counters saturate here at a memory of 64 requests per loaded model (Caffeine: 15,
+#: 4 bits). Bytes allow more, and with sizes a saturated count ranks a hot 2 GiB model
+#: with a lukewarm 20 MiB one. A longer memory gets a proportionally higher cap (at most
+#: 255): it is there to tell rare models apart, which capped counts cannot.
 COUNTER_CAP = 31
+#: The memories the shadows choose among: ``sample_factor`` divided by these.
+MEMORY_DIVISORS = (1, 4, 16, 64)
 #: A shorter memory replaces the longest only when its shadow hits this much more.
 SHADOW_MARGIN = 0.03
+
+_MODEL_ID = operator.attrgetter("model_id")
+_USES = operator.attrgetter("uses")
+_COLUMNS = tuple(operator.attrgetter(f) for f in ("size", "last_used", "loaded_at", "load_seconds", "in_flight"))
+
+
+def counter_cap(memory: float) -> int:
+    """The counters' cap for a memory (requests per loaded model between halvings)."""
+    return int(min(255, max(COUNTER_CAP, round(COUNTER_CAP * memory / 64))))
 
 
 class AdaptiveState:
@@ -68,8 +83,8 @@ class AdaptiveState:
     (bounded, process-local).
 
     Memory (how long the sketch remembers: its reset period, in requests per
-    loaded model) is chosen among ``sample_factor``, a quarter and a sixteenth
-    of it by *miniature simulation*: for each, a shadow cache holding
+    loaded model) is chosen among ``sample_factor``, a quarter, a sixteenth and
+    a sixty-fourth of it by *miniature simulation*: for each, a shadow cache holding
     ``shadow_rate`` of the capacity replays the requests for the
     ``shadow_rate`` of models sampled by hash (SHARDS-style spatial sampling),
     with this same policy and that fixed memory; every climber sample the
@@ -84,15 +99,15 @@ class AdaptiveState:
     restarting when the hit ratio moves by 5 %.
     """
 
-    def __init__(self, *, window: float = 0.01, sample_factor: int = 64, sketch_width: int = 16384,
+    def __init__(self, *, window: float = 0.01, sample_factor: int = 128, sketch_width: int = 16384,
                  climb: bool = True, max_window: float = 0.05, shadow_rate: float = 0.25) -> None:
         self.min_window, self.max_window = window, max(window, max_window)
         self.climb = climb
         self.recency = 0.0
-        self.memories = tuple(max(1.0, sample_factor / d) for d in (1, 4, 16))
+        self.memories = tuple(max(1.0, sample_factor / d) for d in MEMORY_DIVISORS)
         #: Index into ``memories`` of the memory the decision uses (0: the longest).
         self.active = 0
-        self.sketch = FrequencySketch(sketch_width, period=sample_factor * 16, cap=COUNTER_CAP)
+        self.sketch = FrequencySketch(sketch_width, period=sample_factor * 16, cap=counter_cap(sample_factor))
         self.shadow_rate = shadow_rate
         small = max(16, 1 << max(4, int(sketch_width * shadow_rate).bit_length() - 1))
         self.miniatures = [Miniature(m, small) for m in self.memories] if climb and shadow_rate > 0 else []
@@ -155,6 +170,7 @@ class AdaptiveState:
             for _ in range(int(round(math.log2(self.memories[self.active] / self.memories[chosen])))):
                 self.sketch.reset()
             self.active = chosen
+            self.sketch.cap = counter_cap(self.memories[chosen])
         change = hit_ratio - self._previous
         amount = self._step if change >= 0 else -self._step
         self._step = (STEP if amount >= 0 else -STEP) if abs(change) >= RESTART else STEP_DECAY * amount
@@ -203,41 +219,42 @@ class Adaptive:
             return Eviction([], view.aging)
         state = view.state if isinstance(view.state, AdaptiveState) else None
         entries = view.entries
-        ids = [e.model_id for e in entries]
-        sizes = np.array([e.size for e in entries], dtype=np.float64)
-        if state is not None:
-            freq = state.frequencies(ids)
-        else:
-            freq = np.array([e.uses for e in entries], dtype=np.float64)
-        cost = np.array([1.0 if self.cost == "one" or e.load_seconds <= 0 else e.load_seconds for e in entries])
+        n = len(entries)
+        # One C-level pass per field (no per-entry Python frames): at 10,000 loaded
+        # models the decision is a few vector operations, not a Python loop.
+        ids = list(map(_MODEL_ID, entries))
+        sizes, last, loaded_at, load_s, in_flight = (
+            np.fromiter(map(get, entries), np.float64, n) for get in _COLUMNS)
+        freq = state.frequencies(ids) if state is not None else np.fromiter(map(_USES, entries), np.float64, n)
+        cost = np.ones(n) if self.cost == "one" else np.where(load_s > 0, load_s, 1.0)
         value = freq * cost / np.maximum(sizes / MIB, 1e-6)
-        last = np.array([e.last_used for e in entries])
         capacity = view.capacity or float(sizes.sum()) + needed
         budget = (state.window if state is not None else 0.01) * capacity
         incoming = view.incoming_size or needed
+        # candidates()'s rule, as a mask: nothing in flight, nothing younger than the churn guard.
+        evictable = in_flight == 0
+        if view.min_age_s > 0:
+            evictable &= view.now - loaded_at >= view.min_age_s
 
         # The window: newest loads first while their bytes fit (at least the newest).
-        newest = np.lexsort((last, np.array([e.loaded_at for e in entries])))[::-1]
+        newest = np.lexsort((last, loaded_at))[::-1]
         cum = np.cumsum(sizes[newest])
-        in_before = max(1, int(np.searchsorted(cum, budget, side="right"))) if len(entries) else 0
+        in_before = max(1, int(np.searchsorted(cum, budget, side="right"))) if n else 0
         in_after = int(np.searchsorted(cum, budget - incoming, side="right")) if incoming < budget else 0
-        evictable = {e.model_id for e in candidates(view)}
-
-        def ok(i: int) -> bool:
-            return ids[i] in evictable
 
         # Pushed out of the window by the newcomer: each must win admission (oldest first).
-        pushed = [int(i) for i in newest[in_after:in_before][::-1] if ok(int(i))]
+        pushed = [int(i) for i in newest[in_after:in_before][::-1] if evictable[i]]
         main_idx = newest[in_before:]
-        main = [int(main_idx[j]) for j in np.lexsort((last[main_idx], value[main_idx])) if ok(int(main_idx[j]))]
-        window = [int(i) for i in newest[:in_after][::-1] if ok(int(i))]
+        main_idx = main_idx[evictable[main_idx]]
+        main = main_idx[np.lexsort((last[main_idx], value[main_idx]))]
+        window = [int(i) for i in newest[:in_after][::-1] if evictable[i]]
         admitted: list[tuple[float, float, int]] = []  # candidates that won, merged into main's order
         victims: list[str] = []
         freed = 0.0
         m = 0
 
         def weakest() -> int | None:
-            best = main[m] if m < len(main) else None
+            best = int(main[m]) if m < len(main) else None
             if admitted and (best is None or (admitted[0][0], admitted[0][1]) < (value[best], last[best])):
                 return admitted[0][2]
             return best

@@ -137,8 +137,8 @@ class AdaptiveSpec(_EvictionBase):
     #: Hill-climb memory and window on the hit ratio (false: keep the frequency end).
     climb: bool = True
     #: The sketch's longest memory: it halves its counts every this many requests
-    #: per loaded model (the climber may shorten it down to a sixteenth).
-    sample_factor: int = Field(64, ge=1, le=1000)
+    #: per loaded model (the climber may shorten it down to a sixty-fourth).
+    sample_factor: int = Field(128, ge=1, le=1000)
     #: Counters per sketch row (4 rows, 1 byte each); a power of two, >= 4x the
     #: models a runtime holds at once for few collisions.
     sketch_width: int = Field(16384, ge=16, le=2**22)
@@ -188,7 +188,7 @@ def parse_selector(selector: str) -> dict[str, str]:
 
 class EvictionSection(_Strict):
     #: The policy of every runtime no ``by_label`` rule matches. Unset: the
-    #: runtime's own ``MESHSERVE_EVICTION_POLICY`` / ``--eviction-policy`` (lru).
+    #: runtime's own ``MESHSERVE_EVICTION_POLICY`` / ``--eviction-policy`` (adaptive).
     default: EvictionSpec | None = None
     #: ``"k=v[,k2=v2]"`` -> policy for runtimes carrying all those labels; the
     #: first matching rule (document order) wins.

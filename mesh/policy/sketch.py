@@ -3,8 +3,9 @@
 TinyLFU's count-min sketch (Einziger, Friedman, Manes, 2017) much as Caffeine
 runs it: ``depth`` rows of ``width`` byte counters saturating at ``cap``
 (Caffeine: 15), one counter per row per key, conservative update; the estimate
-is the row minimum. In front of it a *doorkeeper* (one bit
-per slot, two slots per key) absorbs each key's first occurrence per period, so
+is the row minimum. In front of it a *doorkeeper* (a Bloom
+filter of ``8 x width`` bits, two per key, packed in ``width`` bytes so that a long
+period's thousands of one-off keys rarely pass it by collision) absorbs each key's first occurrence per period, so
 one-off requests (a scan) never reach the counters. After ``period`` recorded
 requests every counter is halved and the doorkeeper cleared (the *reset*): a
 model's estimate then reflects its recent popularity, which is what lets a
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import struct
+from itertools import repeat
 
 import numpy as np
 
@@ -42,9 +45,17 @@ def sampled(key: str, rate: float) -> bool:
 def _indexes(key: str, width: int, depth: int) -> tuple[tuple[int, ...], int, int]:
     h = key_hash(key)
     h1, h2 = h & 0xFFFFFFFFFFFFFFFF, (h >> 64) | 1
-    mask = width - 1
-    # Kirsch-Mitzenmacher: row i uses h1 + i*h2; the doorkeeper two more slots.
-    return (tuple((h1 + i * h2) & mask for i in range(depth)), (h1 + depth * h2) & mask, (h1 + (depth + 1) * h2) & mask)
+    mask, bits = width - 1, 8 * width - 1
+    # Kirsch-Mitzenmacher: row i uses h1 + i*h2; the doorkeeper two more bits (of 8 x width).
+    return (tuple((h1 + i * h2) & mask for i in range(depth)), (h1 + depth * h2) & bits, (h1 + (depth + 1) * h2) & bits)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _packed(key: str, width: int, depth: int) -> bytes:
+    """:func:`_indexes` as ``depth + 2`` little-endian int64s, so many keys' slots
+    become one array with a join and no per-key conversion."""
+    rows, d1, d2 = _indexes(key, width, depth)
+    return struct.pack(f"<{depth + 2}q", *rows, d1, d2)
 
 
 class FrequencySketch:
@@ -67,8 +78,10 @@ class FrequencySketch:
     def record(self, key: str) -> None:
         rows, d1, d2 = _indexes(key, self.width, self.depth)
         door = self._door
-        if not (door[d1] and door[d2]):
-            door[d1] = door[d2] = 1  # first sight this period: the doorkeeper only
+        b1, m1, b2, m2 = d1 >> 3, 1 << (d1 & 7), d2 >> 3, 1 << (d2 & 7)
+        if not (door[b1] & m1 and door[b2] & m2):
+            door[b1] |= m1  # first sight this period: the doorkeeper only
+            door[b2] |= m2
         else:
             counts = [r[i] for r, i in zip(self._rows, rows, strict=True)]
             low = min(counts)
@@ -86,19 +99,23 @@ class FrequencySketch:
         """Requests seen recently (the counters, at most ``cap``, plus the doorkeeper bit)."""
         rows, d1, d2 = _indexes(key, self.width, self.depth)
         low = min(r[i] for r, i in zip(self._rows, rows, strict=True))
-        return low + (1 if self._door[d1] and self._door[d2] else 0)
+        door = self._door
+        return low + (1 if door[d1 >> 3] >> (d1 & 7) & 1 and door[d2 >> 3] >> (d2 & 7) & 1 else 0)
 
     def estimates(self, keys: list[str]) -> np.ndarray:
         """:meth:`estimate` of many keys at once (float64), vectorised over the rows."""
         if not keys:
             return np.zeros(0)
-        idx = [_indexes(k, self.width, self.depth) for k in keys]
-        rows = np.array([i[0] for i in idx], dtype=np.int64)
-        low = np.min(np.stack([np.frombuffer(r, dtype=np.uint8)[rows[:, j]] for j, r in enumerate(self._rows)]), axis=0)
+        n, depth = len(keys), self.depth
+        buf = b"".join(map(_packed, keys, repeat(self.width, n), repeat(depth, n)))
+        idx = np.frombuffer(buf, dtype="<i8").reshape(n, depth + 2)
+        low = np.frombuffer(self._rows[0], dtype=np.uint8)[idx[:, 0]]
+        for j in range(1, depth):
+            low = np.minimum(low, np.frombuffer(self._rows[j], dtype=np.uint8)[idx[:, j]])
         door = np.frombuffer(self._door, dtype=np.uint8)
-        d1 = np.array([i[1] for i in idx], dtype=np.int64)
-        d2 = np.array([i[2] for i in idx], dtype=np.int64)
-        return low.astype(np.float64) + ((door[d1] & door[d2]) > 0)
+        d1, d2 = idx[:, depth], idx[:, depth + 1]
+        seen = (door[d1 >> 3] >> (d1 & 7)) & (door[d2 >> 3] >> (d2 & 7)) & 1
+        return low.astype(np.float64) + seen
 
     def reset(self) -> None:
         """Halves every counter and clears the doorkeeper (aging)."""

@@ -9,12 +9,13 @@ from __future__ import annotations
 import aetcd
 from aetcd import rpc, watcher
 
+from mesh.registry.etcd_store import CHANNEL_OPTIONS
 from mesh.security.tls import ChannelTls
 
 
 class TlsEtcdClient(aetcd.Client):  # type: ignore[misc]
     def __init__(self, host: str, port: int, tls: ChannelTls) -> None:
-        super().__init__(host=host, port=port, timeout=None)
+        super().__init__(host=host, port=port, timeout=None, options=dict(CHANNEL_OPTIONS))
         self._tls = tls
 
     async def connect(self) -> None:

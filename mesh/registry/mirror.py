@@ -2,7 +2,8 @@
 
 Routers and the admin API read it instead of etcd (never an etcd read on the
 inference path). ``start`` pages through every key at one revision, then watches
-from the next; a compacted watch triggers a full reload. A corrupt value is
+from the next; a compacted watch triggers a full reload, after which listeners
+hear of every key that changed in the gap. A corrupt value is
 logged and treated as absent, never a crash. ``wait_for`` gives read-your-writes:
 after a write at revision R, wait until the mirror has applied R.
 """
@@ -16,7 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from mesh.errors import CorruptRecord, DeadlineExceeded
+from mesh.errors import CorruptRecord, DeadlineExceeded, Unavailable
 from mesh.registry import records as rec
 from mesh.registry.keys import KeySchema, ParsedKey
 from mesh.registry.store import KeyValue, KVStore, WatchCompacted, WatchEvent
@@ -103,6 +104,7 @@ class RegistryMirror:
 
     async def _load(self) -> None:
         fresh = RegistryMirror(self._store, self._keys)
+        before = self._snapshot() if self.revision else None
         start_after: bytes | None = None
         revision = 0
         while True:
@@ -121,6 +123,30 @@ class RegistryMirror:
         self.resources = fresh.resources
         self.corrupt_records += fresh.corrupt_records
         self._advance(revision)
+        if before is not None:
+            self._notify_diff(before, self._snapshot())
+
+    def _snapshot(self) -> dict[ParsedKey, Any]:
+        """Every record by its key (for the difference a reload made)."""
+        out: dict[ParsedKey, Any] = {}
+        for kind, table in (("model", self.models), ("vmodel", self.vmodels), ("instance", self.instances)):
+            out.update((ParsedKey(kind, name), r) for name, r in table.items())  # type: ignore[arg-type]
+        for model_id, per in self.copies.items():
+            out.update((ParsedKey("copy", model_id, i), c) for i, c in per.items())
+        out.update((ParsedKey("resource", kind, name), r) for (kind, name), r in self.resources.items())
+        out.update((ParsedKey("drain", i), b"1") for i in self.drains)
+        out[ParsedKey("policy", "policy")] = self.policy
+        return out
+
+    def _notify_diff(self, before: dict[ParsedKey, Any], after: dict[ParsedKey, Any]) -> None:
+        """After a reload (the watch could not resume): listeners hear of every key that
+        changed in the gap, as if its events had arrived (the policy always: its listeners
+        re-read it)."""
+        for key, record in after.items():
+            if key.kind == "policy" or before.get(key) != record:
+                self._notify(key, record)
+        for key in before.keys() - after.keys():
+            self._notify(key, None)
 
     async def _follow(self) -> None:
         while True:
@@ -129,9 +155,20 @@ class RegistryMirror:
                     self._apply_event(ev)
             except WatchCompacted as e:
                 log.warning("registry watch compacted (%s); reloading the mirror", e)
+                await self._reload()
+
+    async def _reload(self) -> None:
+        """A full re-list after a compaction, retried while etcd is unreachable (the
+        mirror keeps serving what it holds meanwhile)."""
+        delay = 0.1
+        while True:
+            try:
                 await self._load()
-                # The policy may have changed in the gap: its listeners re-read it.
-                self._notify(ParsedKey("policy", "policy"), self.policy)
+                return
+            except Unavailable as e:
+                log.warning("registry reload failed (will retry): %s", e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     def _apply_kv(self, kv: KeyValue) -> None:
         self._apply(kv.key, kv.value, kv.mod_revision)

@@ -172,6 +172,19 @@ class Registry:
             [(self.keys.copy(c.model_id, c.instance_id), rec.encode(c)) for c in copies],
             [self.keys.copy(m, instance_id) for m in deleted], lease=lease)
 
+    async def restore_instance(self, instance: rec.InstanceRecord, copies: list[rec.CopyRecord], *,
+                               lease: int, batch: int = 127) -> int:
+        """Re-creates an instance's record and copy keys under a new ``lease`` (after the
+        old one expired): the record and the first copies in one transaction, the rest
+        in transactions of ``batch`` (etcd's default limit is 128 operations); returns
+        the last revision."""
+        puts = [(self.keys.instance(instance.instance_id), rec.encode(instance)),
+                *((self.keys.copy(c.model_id, c.instance_id), rec.encode(c)) for c in copies)]
+        revision = 0
+        for start in range(0, len(puts), batch):
+            revision = await self.store.write_many(puts[start:start + batch], [], lease=lease)
+        return revision
+
     async def delete_copy(self, model_id: str, instance_id: str) -> bool:
         return await self.store.delete(self.keys.copy(model_id, instance_id))
 

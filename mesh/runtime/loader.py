@@ -30,7 +30,15 @@ from typing import Any
 from cachetools import LRUCache
 
 from mesh.clock import Clock
-from mesh.errors import DeadlineExceeded, InvalidArgument, MeshError, ModelLoadFailed, NotFound, Unavailable
+from mesh.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    LoadAborted,
+    MeshError,
+    ModelLoadFailed,
+    NotFound,
+    Unavailable,
+)
 from mesh.fetcher import Fetcher, local_path, redact_uri
 from mesh.security.paths import check_model_path
 from mesh.registry.ids import validate_id
@@ -162,7 +170,17 @@ class ModelManager:
             task.add_done_callback(functools.partial(self._load_done, model_id))
         # The load is shared: a caller that goes away (gRPC cancel) does not stop it;
         # the SPI follows a cancelled loadModel with unloadModel, which does.
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if task.cancelled() and (me is None or not me.cancelling()):
+                # The load, not this caller, was cancelled (unload, shutdown): every waiter
+                # gets an answer now, not a cancelled RPC that leaves its client hanging.
+                raise LoadAborted(f"model {model_id!r}: the load was cancelled by an unload (unloadModel, "
+                                  "unregistration or shutdown) before it finished; nothing was kept. Load it "
+                                  "again if it is still wanted") from None
+            raise
 
     def _load_done(self, model_id: str, task: asyncio.Task[int]) -> None:
         if self._loads.get(model_id) is task:

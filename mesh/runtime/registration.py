@@ -14,9 +14,13 @@ claim copy keys under the instance's lease. Writes go through two owned loops:
   LOADING key under this instance's lease) stands for it meanwhile.
   ``flush_copy`` lets loadModel return only once its LOADED key is written.
 
-On lease loss (etcd partition longer than the TTL) it re-registers under a new
-lease and re-puts every copy key. On start it deletes copy keys a previous
-process with the same instance id left behind.
+An etcd outage alone loses nothing: the lease keeper retries until etcd answers,
+and a restarted etcd still holds the lease. Only when etcd says the lease is gone
+(a partition longer than the TTL) does it re-register: a new lease, then the
+instance record and every copy key it holds in one transaction (batches past
+etcd's operation limit), never a reload: the models stayed loaded and serving.
+On start it deletes copy keys a previous process with the same instance id left
+behind.
 """
 
 from __future__ import annotations
@@ -86,6 +90,9 @@ class Registration:
         self.shutting_down = False
         self._last_written: rec.InstanceRecord | None = None
         self._put_lock = asyncio.Lock()
+        #: Copy-key writes and a re-registration's snapshot never interleave (a snapshot
+        #: written after a newer copy write would undo it).
+        self._copy_lock = asyncio.Lock()
 
     @property
     def lease_id(self) -> int:
@@ -241,7 +248,8 @@ class Registration:
                 try:
                     # Every pending key in one transaction: a load's LOADED and its
                     # victims' deletes are one etcd round trip (and one revision).
-                    await self._registry.write_copies(puts, deletes, self.instance_id, lease=self.lease_id)
+                    async with self._copy_lock:
+                        await self._registry.write_copies(puts, deletes, self.instance_id, lease=self.lease_id)
                 except MeshError as e:
                     log.warning("copy keys for %s not written (will retry): %s", ", ".join(map(repr, batch)), e)
                     self._pending.update(batch)
@@ -287,12 +295,31 @@ class Registration:
                 try:
                     if self._keeper is not None:
                         await self._keeper.stop(revoke=False)
-                    await self._register()
+                    restored = await self._reregister()
                     break
                 except MeshError as e:
                     log.warning("re-registering after losing lease %x failed (will retry): %s", old, e)
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-            log.warning("lease %x was lost; re-registered as %s under lease %x", old, self.instance_id, self.lease_id)
-            self._pending.update(m for m, c in self._desired.items() if c is not None)
-            self._copies_dirty.set()
+                    delay = min(delay * 2, 2.0)
+            log.warning("lease %x was lost; re-registered as %s under lease %x with its %d copies",
+                        old, self.instance_id, self.lease_id, restored)
+
+    async def _reregister(self) -> int:
+        """A new lease; the record and every copy key held, in one transaction. Returns
+        how many copy keys were written."""
+        self._lease_lost.clear()
+        keeper = LeaseKeeper(self._registry.store, self._ttl, clock=self._clock,
+                             on_lost=lambda _reason: self._lease_lost.set())
+        await keeper.start()
+        self._keeper = keeper
+        async with self._copy_lock, self._put_lock:
+            held = {m: (c, self._desired_seq[m]) for m, c in self._desired.items() if c is not None}
+            record = self.record()
+            await self._registry.restore_instance(record, [c for c, _ in held.values()], lease=keeper.lease_id)
+            self._last_written = record
+        async with self._written:
+            for model_id, (_, seq) in held.items():
+                if self._written_seq.get(model_id, 0) < seq:
+                    self._written_seq[model_id] = seq
+            self._written.notify_all()
+        return len(held)
