@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 
-MODULES = ("overhead", "zipf_cache", "scale", "cold_storm", "churn", "stream", "churn_cost", "rest", "gateway", "faults")
+MODULES = ("overhead", "zipf_cache", "scale", "cold_storm", "churn", "stream", "churn_cost", "rest", "gateway", "faults", "gateway_tuning")
 
 
 def main(argv: list[str] | None = None) -> int:

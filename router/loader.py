@@ -80,21 +80,15 @@ class Loader:
         Instance records are rewritten at most once a second, so a burst of loads
         would all see the same stale usage; copy keys change at once (a LOADING
         claim carries the predicted size), so usage and model count take the
-        larger of the two.
+        larger of the two (the copy keys' sums are kept incrementally: no walk per miss).
         """
-        insts = self._table.mirror.instances
-        used: dict[str, int] = {}
-        count: dict[str, int] = {}
-        for copies in self._table.mirror.copies.values():
-            for instance_id, c in copies.items():
-                used[instance_id] = used.get(instance_id, 0) + c.size_bytes
-                count[instance_id] = count.get(instance_id, 0) + 1
+        usage = self._table.usage
         views = []
-        for r in insts.values():
+        for r in self._table.mirror.instances.values():
             v = InstanceView.of(r, draining=self._table.drained(r.instance_id) or self._table.is_suspect(r.instance_id))
-            if used.get(r.instance_id, 0) > v.used_bytes or count.get(r.instance_id, 0) > v.model_count:
-                v = dataclasses.replace(v, used_bytes=max(v.used_bytes, used.get(r.instance_id, 0)),
-                                        model_count=max(v.model_count, count.get(r.instance_id, 0)))
+            used, count = usage.of(r.instance_id)
+            if used > v.used_bytes or count > v.model_count:
+                v = dataclasses.replace(v, used_bytes=max(v.used_bytes, used), model_count=max(v.model_count, count))
             views.append(v)
         return ClusterView(tuple(views), self._clock.now_ms())
 
@@ -103,22 +97,11 @@ class Loader:
         failed = {f.instance_id for f in active_failures(model, now, self._s.failure_ttl_s)}
         required = {k[len(REQUIRE_PREFIX):]: v for k, v in model.labels.items() if k.startswith(REQUIRE_PREFIX)}
         return ModelView(
-            model.model_id, canonical_model_type(model.type), model.size_bytes or self._typical_size(),
+            model.model_id, canonical_model_type(model.type), model.size_bytes or self._table.usage.typical_size(),
             frozenset(i for i, c in self._table.copies(model.model_id).items()
                       if not self._table.is_suspect(i, model.model_id)) | frozenset(extra_exclude),
             frozenset(failed), required, dict(model.labels),
         )
-
-    def _typical_size(self) -> int:
-        """A never-loaded model's size is unknown: assume the mean of the loaded copies
-        (at least a byte, so a full instance never looks like it has room)."""
-        total = n = 0
-        for copies in self._table.mirror.copies.values():
-            for c in copies.values():
-                if c.size_bytes:
-                    total += c.size_bytes
-                    n += 1
-        return max(1, total // n) if n else 1
 
     async def ensure_loaded(self, model_id: str, deadline: float) -> str:
         """Returns an instance holding the model LOADED, loading it if needed."""

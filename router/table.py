@@ -19,6 +19,7 @@ from mesh.registry import records as rec
 from mesh.registry.keys import ParsedKey
 from mesh.registry.mirror import RegistryMirror
 from router.splits import SplitChooser
+from router.usage import CopyUsage
 
 T = TypeVar("T")
 
@@ -27,6 +28,8 @@ class RoutingTable:
     def __init__(self, mirror: RegistryMirror, clock: Clock, suspect_s: float = 5.0,
                  splits: SplitChooser | None = None) -> None:
         self.mirror = mirror
+        #: What the copy keys charge each instance (placement), kept from the mirror's events.
+        self.usage = CopyUsage(mirror)
         self._splits = splits or SplitChooser()
         #: Called with (vmodel id, model id) for each request a split routes (metrics).
         self.on_split: Callable[[str, str], None] | None = None

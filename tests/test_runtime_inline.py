@@ -122,3 +122,32 @@ async def test_a_tiny_model_runs_inline_once_measured_and_a_big_request_goes_to_
     assert threading.get_ident() in backend.threads
     await v2.ModelInfer(_request("fast", n=100_000), timeout=30)  # far larger than the runs measured
     assert _runs(server)["pool"] == runs["pool"] + 1
+
+
+async def test_a_reloaded_model_keeps_its_estimate_and_a_new_source_starts_in_the_pool(
+        runtime: Any, tmp_path: Path) -> None:
+    server, backend, v2 = runtime
+    async with grpc.aio.insecure_channel(server.endpoint) as ch:
+        spi = rpg.ModelRuntimeStub(ch)
+
+        async def reload(name: str, path: Path) -> None:
+            await spi.unloadModel(rpb.UnloadModelRequest(modelId=name))
+            await spi.loadModel(rpb.LoadModelRequest(modelId=name, modelType="timed", modelPath=str(path)))
+
+        for _ in range(5):
+            await v2.ModelInfer(_request("fast"), timeout=30)
+            await v2.ModelInfer(_request("slow"), timeout=30)
+        # Evicted and loaded again from the same source (model churn): the first request
+        # after the reload runs where the old copy's runs said — fast inline, slow in the pool.
+        await reload("fast", tmp_path / "fast")
+        await reload("slow", tmp_path / "slow")
+        before = _runs(server)
+        await v2.ModelInfer(_request("fast"), timeout=30)
+        assert _runs(server) == {"inline": before["inline"] + 1, "pool": before["pool"]}
+        await v2.ModelInfer(_request("slow"), timeout=30)
+        assert _runs(server) == {"inline": before["inline"] + 1, "pool": before["pool"] + 1}
+        # The same id from another source (a new version): measured in the pool first again.
+        (tmp_path / "fast-v2").write_text("fast")
+        await reload("fast", tmp_path / "fast-v2")
+        await v2.ModelInfer(_request("fast"), timeout=30)
+        assert _runs(server) == {"inline": before["inline"] + 1, "pool": before["pool"] + 2}

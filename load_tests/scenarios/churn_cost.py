@@ -19,6 +19,11 @@ comes from the disk cache and evicts one (runtime and etcd CPU per load, loads/s
 
 Reported beside req/s and p50/p99 of the churn phase, so the cost of model churn is
 tracked from run to run. Needs a local mesh (process ids); ``--target`` is refused.
+
+``--gateway``: the same with Envoy in front (programmed by the router over xDS): both
+phases' traffic goes to Envoy, with the model named in ``mm-model-id`` (``--envoy-body``:
+in the body only), and Envoy is a process kind of its own. Registration, probes and the
+disk-cache fill still talk to the router and the runtimes.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ from mesh.proto.mmesh import model_runtime_pb2_grpc as rpg
 NAME = "churn-cost"
 HELP = "CPU per hit and per miss for router, runtime and etcd under Zipf model churn"
 KINDS = ("router", "runtime", "etcd")
+#: With --gateway, Envoy's CPU is a kind of its own (per hit and per miss).
+GATEWAY_KINDS = (*KINDS, "envoy")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,6 +70,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="loadModel calls straight to one runtime for the runtime-only miss cost (0 = skip)")
     p.add_argument("--cold", action="store_true",
                    help="skip filling the runtimes' disk caches first (misses then include first pulls)")
+    p.add_argument("--gateway", action="store_true",
+                   help="send the traffic through Envoy in front of the router (Envoy counted as a kind)")
+    p.add_argument("--envoy-body", action="store_true",
+                   help="with --gateway: name the model only in the body (Envoy reads it), not in mm-model-id")
+    p.add_argument("--envoy-concurrency", type=int, default=1, help="with --gateway: Envoy worker threads")
     p.add_argument("--profile", action="store_true",
                    help="py-spy the router and the first runtime during the churn phase (hottest frames)")
 
@@ -99,8 +111,11 @@ def _pids(mesh: harness.Mesh) -> dict[str, list[int]]:
     if local is None or local.router_proc is None:
         raise SystemExit("churn-cost measures process CPU times: it needs a local mesh (no --target)")
     etcd = local.local_etcd.pid if local.local_etcd is not None else None
-    return {"router": [local.router_proc.proc.pid], "runtime": [p.proc.pid for p in local.procs],
+    pids = {"router": [local.router_proc.proc.pid], "runtime": [p.proc.pid for p in local.procs],
             "etcd": [etcd] if etcd else [], "client": [os.getpid()]}
+    if local.gateway_proc is not None and local.gateway_proc.proc is not None:
+        pids["envoy"] = [local.gateway_proc.proc.pid]
+    return pids
 
 
 def per_request_ms(cpu: dict[str, float], n: int) -> dict[str, float]:
@@ -186,14 +201,19 @@ async def run(args: argparse.Namespace) -> Path:
     capacity = capacity_for(per_runtime, file_bytes)
     zipf = Zipf(args.models, args.zipf, args.seed)
     draws = [int(i) for i in zipf.draw(200_000)]
-    async with harness.open_mesh(args, capacity=str(capacity)) as mesh:
+    kinds = GATEWAY_KINDS if args.gateway else KINDS
+    async with harness.open_mesh(args, capacity=str(capacity), gateway=args.gateway,
+                                 gateway_concurrency=args.envoy_concurrency) as mesh:
         pids = _pids(mesh)
         meter = CpuMeter(pids)
         models = make_models(mesh.work_dir / "models", args.models, size_bytes=args.size_bytes,
                              prefix=f"{mesh.tag}cost", seed=args.seed)
-        async with mesh.channel() as ch:
+        assert mesh.local is not None
+        async with grpc.aio.insecure_channel(mesh.local.router_endpoint, options=harness.GRPC_OPTIONS) as ch, \
+                mesh.channel() as traffic:
             reg = await register_all(ch, models)
-            send = grpc_sender(ch)
+            # mesh.channel() is Envoy's listener when --gateway, else the router's.
+            send = grpc_sender(traffic, header=args.gateway and not args.envoy_body)
             probe = MeshProbe(ch, mesh.router_metrics)
             if not args.cold:
                 await _fill_disk_caches(mesh, models)
@@ -226,10 +246,11 @@ async def run(args: argparse.Namespace) -> Path:
             retries = {k: v - retries0.get(k, 0.0) for k, v in _retries(mesh.router_metrics).items()}
     misses = int(churn_mesh["loads"])
     hits = max(churn_rec.ok - misses, 0)
-    miss_ms = miss_cost_ms({k: v for k, v in churn_cpu.items() if k in KINDS}, hit_ms, hits, misses)
+    miss_ms = miss_cost_ms({k: v for k, v in churn_cpu.items() if k in kinds}, hit_ms, hits, misses)
     traffic = churn_rec.summary()
     summary = {
-        "models": args.models, "model_file_bytes": file_bytes, "slots": per_runtime * args.runtimes,
+        "path": ("envoy-body" if args.envoy_body else "envoy-header") if args.gateway else "router",
+        "loadavg": os.getloadavg(), "models": args.models, "model_file_bytes": file_bytes, "slots": per_runtime * args.runtimes,
         "capacity_per_runtime_bytes": capacity, "zipf": args.zipf, "callers": args.callers,
         "req_per_s": traffic["ok_per_s"], "p50_ms": traffic["latency_ms"]["p50"],
         "p99_ms": traffic["latency_ms"]["p99"], "errors": traffic["errors_by_code"],
@@ -237,7 +258,7 @@ async def run(args: argparse.Namespace) -> Path:
         "evictions": int(churn_mesh["evictions"]),
         "router_retries": {k: int(v) for k, v in retries.items() if v},
         "disk_caches_filled_first": not args.cold,
-        "cpu_ms_per_hit": {k: hit_ms[k] for k in KINDS} | {"sum": round(sum(hit_ms[k] for k in KINDS), 4)},
+        "cpu_ms_per_hit": {k: hit_ms[k] for k in kinds} | {"sum": round(sum(hit_ms[k] for k in kinds), 4)},
         "cpu_ms_per_miss": miss_ms | {"sum": round(sum(miss_ms.values()), 3)},
         "runtime_only_loads": spi_only,
         "hit_phase": {"req_per_s": hit_rec.summary()["ok_per_s"], "p50_ms": hit_rec.pct_ms(50),
@@ -249,8 +270,8 @@ async def run(args: argparse.Namespace) -> Path:
         summary["profiles"] = profiles
     pngs = [plots.latency_cdf([hit_rec, churn_rec], out / "latency_cdf.png",
                               f"churn-cost: {args.callers} callers, Zipf {args.zipf}"),
-            plots.bars({f"{kind} per miss": miss_ms[kind] for kind in KINDS}
-                       | {f"{kind} per hit": hit_ms[kind] for kind in KINDS},
+            plots.bars({f"{kind} per miss": miss_ms[kind] for kind in kinds}
+                       | {f"{kind} per hit": hit_ms[kind] for kind in kinds},
                        out / "cpu_ms.png", "CPU per request by process kind", "ms")]
     return harness.write_results(out, NAME, args, {"summary": summary, "registration": reg,
                                                    "traffic": traffic}, pngs)

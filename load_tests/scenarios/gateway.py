@@ -6,7 +6,7 @@ Two workloads on one local mesh (etcd, ``--runtimes`` runtimes, a router process
 programmed by it over xDS): the tiny model alone, then ``--models`` tiny models, all
 loaded, drawn with Zipf(``--zipf``) popularity. "direct" sends each request to the
 runtime holding its model (the client knows the placement). Per path and round: an
-open-loop phase (Poisson at ``--rate``) for p50/p99, a closed-loop phase (``--callers``)
+open-loop phase (Poisson at ``--rate``, paced by ``--pacer``) for p50/p99, a closed-loop phase (``--callers``)
 for saturated req/s and CPU per request of each process. Paths take turns for
 ``--rounds`` rounds, pooled. Client, Envoy, router and runtimes share this machine's
 cores: the ratios in one run are the point, and the load average is recorded.
@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 
 from load_tests import harness, plots
-from load_tests.generator import Send, grpc_sender
+from load_tests.generator import Send, TimerfdPacer, _sleep_until, grpc_sender
 from load_tests.probe import MeshProbe
 from load_tests.scenarios.overhead import Way
 from load_tests.workload import Zipf, make_models, register_all
@@ -51,17 +51,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=200, help="requests per path and round before measuring")
     p.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy worker threads")
     p.add_argument("--workloads", default="tiny,zipf", help="which workloads to run")
+    p.add_argument("--pacer", choices=("timerfd", "spin"), default="timerfd",
+                   help="how the open loop waits for each arrival: a timerfd, or sleep + busy-wait (which takes "
+                        "a core from the paths under test; gateway-tuning measures both)")
     p.add_argument("--no-lua-too", action="store_true",
                    help="also measure a second Envoy without the body filter (header, and body-only via the router)")
 
 
-def _direct_sender(channels: dict[str, grpc.aio.Channel], holder_of: dict[str, str]) -> Send:
-    sends = {endpoint: grpc_sender(ch, header=True) for endpoint, ch in channels.items()}
+class Placement:
+    """Where each model's copies are, refreshed before every round: the router may add a copy of
+    a hot model mid-run, and Envoy spreads over every copy, so "direct" must too (round robin)."""
 
-    async def send(model: str, payload: bytes) -> Any:
-        return await sends[holder_of[model]](model, payload)
+    def __init__(self, router: grpc.aio.Channel) -> None:
+        self.probe = MeshProbe(router)
+        self.holders: dict[str, list[str]] = {}
+        self.channels: dict[str, grpc.aio.Channel] = {}
+        self._sends: dict[str, Send] = {}
+        self._turn = 0
 
-    return send
+    async def refresh(self) -> None:
+        status = await self.probe.cluster()
+        holders: dict[str, list[str]] = {}
+        for i in status.instances:
+            for m in i.model_ids:
+                holders.setdefault(m, []).append(i.endpoint)
+        for endpoint in {e for es in holders.values() for e in es} - set(self.channels):
+            self.channels[endpoint] = grpc.aio.insecure_channel(endpoint, options=harness.GRPC_OPTIONS)
+            self._sends[endpoint] = grpc_sender(self.channels[endpoint], header=True)
+        self.holders = {m: sorted(es) for m, es in holders.items()}
+
+    async def send(self, model: str, payload: bytes) -> Any:
+        holders = self.holders[model]
+        self._turn += 1
+        return await self._sends[holders[self._turn % len(holders)]](model, payload)
+
+    def copies(self) -> dict[str, int]:
+        return {m: len(es) for m, es in self.holders.items()}
 
 
 def _ratios(summary: dict[str, Any]) -> dict[str, Any]:
@@ -87,13 +112,19 @@ def _ratios(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _workload(name: str, seq: Sequence[str], payloads: dict[str, bytes], sends: dict[str, Send],
-                    pids: dict[str, int], args: argparse.Namespace, t0: float) -> tuple[dict[str, Any], list[Way]]:
+                    pids: dict[str, int], args: argparse.Namespace, t0: float,
+                    placement: Placement, pacer: Any) -> tuple[dict[str, Any], list[Way]]:
     names = [p for p in (*PATHS, *NO_LUA) if p in sends]
-    ways = [Way(f"{name} {p}", sends[p]) for p in names]
+    ways = [Way(f"{name} {p}", sends[p], pacer) for p in names]
+    copies = []
     for i in range(args.rounds):
         for way in ways:
+            await placement.refresh()
+            copies.append(max(placement.copies().get(m, 0) for m in set(seq)))
             await way.round(seq, payloads, args, i, pids, t0)
-    return {p: w.summary() for p, w in zip(names, ways)}, ways
+    out: dict[str, Any] = {p: w.summary() for p, w in zip(names, ways)}
+    out["most_copies_of_a_model_per_turn"] = copies
+    return out, ways
 
 
 async def run(args: argparse.Namespace) -> Path:
@@ -113,10 +144,10 @@ async def run(args: argparse.Namespace) -> Path:
             warm = grpc_sender(rch)
             for m in models.ids:
                 await warm(m, models.payloads[m])  # every model loaded before anything is measured
-            status = await MeshProbe(rch).cluster()
-            holder_of = {m: i.endpoint for i in status.instances for m in i.model_ids}
-            channels = {e: grpc.aio.insecure_channel(e, options=harness.GRPC_OPTIONS) for e in set(holder_of.values())}
-            sends = {"direct": _direct_sender(channels, holder_of), "envoy-header": grpc_sender(ech, header=True),
+            placement = Placement(rch)
+            await placement.refresh()
+            channels = placement.channels
+            sends = {"direct": placement.send, "envoy-header": grpc_sender(ech, header=True),
                      "envoy-body": grpc_sender(ech), "router": grpc_sender(rch)}
             pids = {"client": os.getpid(), "envoy": local.gateway_proc.proc.pid if local.gateway_proc.proc else 0,
                     "router": local.router_proc.proc.pid}
@@ -132,15 +163,18 @@ async def run(args: argparse.Namespace) -> Path:
                 pids["envoy_nolua"] = nolua.proc.pid if nolua.proc else 0
             pids |= {f"runtime_{p.instance_id}": p.proc.pid for p in local.procs}
             t0 = time.perf_counter()
+            pacer = TimerfdPacer() if args.pacer == "timerfd" else _sleep_until
             try:
                 if "tiny" in args.workloads:
                     tiny = models.ids[0]
-                    results["tiny"], ways = await _workload("tiny", [tiny], models.payloads, sends, pids, args, t0)
+                    results["tiny"], ways = await _workload("tiny", [tiny], models.payloads, sends, pids, args, t0,
+                                                        placement, pacer)
                     pngs.append(plots.bars({w.sat.name: w.sat.summary()["ok_per_s"] for w in ways},
                                            out / "tiny_saturated_rps.png", "tiny model: saturated throughput", "req/s"))
                 if "zipf" in args.workloads:
                     seq = [models.ids[i] for i in Zipf(len(models.ids), args.zipf, args.seed).draw(50_000)]
-                    results["zipf"], ways = await _workload("zipf", seq, models.payloads, sends, pids, args, t0)
+                    results["zipf"], ways = await _workload("zipf", seq, models.payloads, sends, pids, args, t0,
+                                                            placement, pacer)
                     pngs.append(plots.bars({w.sat.name: w.sat.summary()["ok_per_s"] for w in ways},
                                            out / "zipf_saturated_rps.png",
                                            f"{args.models} models, Zipf {args.zipf:g}: saturated throughput", "req/s"))
@@ -151,6 +185,8 @@ async def run(args: argparse.Namespace) -> Path:
                     await ch.close()
                 if nolua is not None:
                     nolua.terminate()
+                if isinstance(pacer, TimerfdPacer):
+                    pacer.close()
             # Where Envoy sent what it received: copies_* (straight) and router (fallbacks).
             envoy_stats = {k: v for k, v in local.gateway_proc.stats("cluster.").items()
                            if k.endswith(".upstream_rq_total")}

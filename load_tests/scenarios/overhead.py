@@ -28,7 +28,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as v2
 
 from load_tests import harness, plots
-from load_tests.generator import Send, closed_loop, grpc_sender, open_loop
+from load_tests.generator import Send, _sleep_until, closed_loop, grpc_sender, open_loop
 from load_tests.probe import MeshProbe
 from load_tests.recorder import Recorder
 from load_tests.workload import make_models, register_all
@@ -78,8 +78,9 @@ def cpu_seconds(pid: int) -> float:
 class Way:
     """One way to serve the request, measured over rounds into the same recorders."""
 
-    def __init__(self, name: str, send: Send) -> None:
+    def __init__(self, name: str, send: Send, pacer: Any = _sleep_until) -> None:
         self.send = send
+        self.pacer = pacer  # how the open loop waits for each arrival (generator.open_loop)
         self.lat = Recorder(name)
         self.sat = Recorder(f"{name} saturated")
         self.lag: dict[str, float] = {}
@@ -92,7 +93,7 @@ class Way:
         for k in range(args.warmup):
             await self.send(models[k % len(models)], payloads[models[k % len(models)]])
         lag = await open_loop(self.send, models, payloads, args.rate, args.seconds, self.lat, seed=args.seed + i,
-                              t0=t0)
+                              t0=t0, pacer=self.pacer)
         self.lag = {k: max(v, self.lag.get(k, 0.0)) for k, v in lag.items() if k.startswith("lag_")}
         before = {k: cpu_seconds(p) for k, p in pids.items()}
         await closed_loop(self.send, models, payloads, args.callers, args.seconds, self.sat, t0=t0)

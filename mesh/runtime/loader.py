@@ -3,10 +3,12 @@
 - One load per model id however many ``load`` calls wait on it (they share it).
 - At most ``max_loading_concurrency`` loads run at once (fetch + deserialise).
 - Each load's timeout grows with its predicted size (base + per GB).
-- Framework work (session creation, ``torch.jit.load``, unload) runs in a
-  dedicated thread pool; a thread cannot be interrupted, so a cancelled or timed
-  out load waits for its thread and then drops what it made: when ``unload``
-  returns, nothing of that model is held.
+- Framework work (session creation, ``torch.jit.load``, unload) runs in
+  dedicated threads (:mod:`mesh.runtime.threads`); a thread cannot be interrupted,
+  so a cancelled or timed out load waits for its thread and then drops what it
+  made: when ``unload`` returns, nothing of that model is held. A load's eviction
+  victims are dropped in the load's own thread, before it allocates
+  (:mod:`mesh.runtime.unloader`).
 - Fetches go through the injected :class:`~mesh.fetcher.Fetcher`; each loaded
   model's files are released when it is unloaded or evicted.
 
@@ -20,10 +22,12 @@ import asyncio
 import functools
 import logging
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from cachetools import LRUCache
 
 from mesh.clock import Clock
 from mesh.errors import (
@@ -38,18 +42,22 @@ from mesh.errors import (
 from mesh.fetcher import Fetcher, local_path, redact_uri
 from mesh.security.paths import check_model_path
 from mesh.registry.ids import validate_id
-from mesh.runtime.backends import BackendRegistry, LoadedModel
+from mesh.runtime.backends import BackendRegistry
 from mesh.runtime.cache import Entry, ModelCache
+from mesh.runtime.inline import RunEstimate
 from mesh.runtime.listener import LoadListener, parse_key
 from mesh.runtime.metrics import RuntimeMetrics
 from mesh.runtime.rate import RequestRate
 from mesh.runtime.settings import RuntimeSettings
 from mesh.runtime.sizing import LoadMeter, predict_size
+from mesh.runtime.threads import FrameworkThreads
+from mesh.runtime.unloader import Unloader
 
 log = logging.getLogger(__name__)
 
-#: How long an unload waits for requests still running on the model.
-UNLOAD_DRAIN_S = 30.0
+#: Models whose run-time estimate outlives their eviction (a reload of the same source
+#: starts from it: under churn, its first request no longer pays the pool's thread hop).
+RUN_MEMO_SIZE = 8192
 
 
 class ModelManager:
@@ -75,15 +83,12 @@ class ModelManager:
         self._meter = LoadMeter(settings.device)
         self._loads: dict[str, asyncio.Task[int]] = {}
         self._slots = asyncio.Semaphore(settings.max_loading_concurrency)
-        self._load_pool = ThreadPoolExecutor(settings.max_loading_concurrency + 1, thread_name_prefix="load")
-        # Unloads get their own threads: a load hung in its framework must not hold up evictions.
-        self._unload_pool = ThreadPoolExecutor(2, thread_name_prefix="unload")
+        self._threads = FrameworkThreads(settings.max_loading_concurrency + 1)
+        self._unloader = Unloader(self._threads, fetcher=fetcher, metrics=metrics, listener=listener, clock=clock,
+                                  policy_name=lambda: self.cache.policy.name, on_done=self._update_gauges)
         self.infer_pool = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="infer")
-        #: Threads of cancelled loads still running (their model is dropped when they end).
-        self._orphans: set[Future[Any]] = set()
-        #: Models being unloaded; a new load of the same id waits for it.
-        self._unloading: dict[str, asyncio.Future[None]] = {}
-        self._unload_tasks: set[asyncio.Task[None]] = set()
+        #: model id -> (its source: path and key, the run estimate of its copy here).
+        self._runs: LRUCache[str, tuple[tuple[str, str], RunEstimate]] = LRUCache(RUN_MEMO_SIZE)
         self.accepting = True
         self.in_flight = 0
         self.rate = RequestRate(clock)
@@ -124,7 +129,7 @@ class ModelManager:
         from mesh.fetcher import disk_size
 
         try:
-            size = await asyncio.get_running_loop().run_in_executor(self._load_pool, disk_size, local)
+            size = await asyncio.get_running_loop().run_in_executor(self._threads.load_pool, disk_size, local)
         except OSError:
             return self._s.default_model_size
         return predict_size(size, self._s.size_prediction_factor, self._overhead(backend)) if size \
@@ -185,7 +190,7 @@ class ModelManager:
 
     async def _load(self, model_id: str, model_type: str, path: str, key: dict[str, Any], mesh_full: bool) -> int:
         backend = self.backends.get(model_type)
-        unloading = self._unloading.get(model_id)
+        unloading = self._unloader.pending(model_id)
         if unloading is not None:  # its files must be released before this load pins them again
             await asyncio.shield(unloading)
         self._listener.loading(model_id)
@@ -208,6 +213,7 @@ class ModelManager:
                     await self._fetcher.release(model_id)
                     raise
             result = "success"
+            self._keep_run_estimate(model_id, path, key)
             self._listener.loaded(model_id, size)
             return size
         except asyncio.CancelledError:
@@ -225,6 +231,20 @@ class ModelManager:
                 self._listener.removed(model_id)
             self._update_gauges()
 
+    def _keep_run_estimate(self, model_id: str, path: str, key: dict[str, Any]) -> None:
+        """A reload of the same source inherits the estimate its last copy here built
+        (fast stays inline from the first request, slow stays in the pool); another
+        source starts afresh (its first run in the pool)."""
+        entry = self.cache.get(model_id)
+        if entry is None:
+            return
+        source = (path, repr(sorted(key.items())))
+        known = self._runs.get(model_id)
+        if known is not None and known[0] == source:
+            entry.run = known[1]
+        else:
+            self._runs[model_id] = (source, entry.run)
+
     async def _load_fetched(
         self, model_id: str, model_type: str, backend: Any, path: Path, file_bytes: int, key: dict[str, Any],
         started: float, mesh_full: bool,
@@ -235,25 +255,30 @@ class ModelManager:
         victims = self.cache.reserve(model_id, model_type, predicted, mesh_full=mesh_full)
         self._update_gauges()
         timeout = self._s.load_timeout_base_s + self._s.load_timeout_per_gb_s * predicted / 1e9
+        # Victims leave before the newcomer allocates (their memory is really free), in
+        # the load's own thread: one hop for both.
+        dropping = self._unloader.take(victims)
+
+        def load() -> Any:
+            self._unloader.drop(dropping)
+            return self._meter.measure(lambda: backend.load(model_id, path, key, self._s.device))
+
         try:
-            # Victims leave before the newcomer allocates (their memory is really free).
-            await self._unload_entries(victims, "evicted")
             try:
                 async with asyncio.timeout(timeout):
-                    model, measured = await self._in_thread(
-                        lambda: self._meter.measure(lambda: backend.load(model_id, path, key, self._s.device)),
-                        cleanup=lambda r: r[0].unload(),
-                    )
+                    model, measured = await self._threads.run(load, cleanup=lambda r: r[0].unload())
             except TimeoutError:
                 raise DeadlineExceeded(
                     f"model {model_id!r}: load took longer than {timeout:.1f}s (the timeout for a predicted "
                     f"{predicted} bytes); nothing was kept"
                 ) from None
+            finally:
+                await self._unloader.finish(victims, "evicted", dropping)
             measured = max(measured, model.allocated_bytes)
             try:
                 evicted = self.cache.commit(model_id, model, measured, self._clock.monotonic() - started)
             except MeshError:
-                await self._in_thread(model.unload, pool=self._unload_pool)
+                await self._threads.run(model.unload, pool=self._threads.unload_pool)
                 raise
         except BaseException:
             self.cache.remove(model_id)
@@ -266,36 +291,6 @@ class ModelManager:
         log.info("loaded model %r (%s) from %s: predicted %d, measured %d, charged %d bytes",
                  model_id, model_type, path, predicted, measured, entry.size)
         return entry.size
-
-    async def _in_thread(self, fn: Any, cleanup: Any = None, pool: ThreadPoolExecutor | None = None) -> Any:
-        """Runs ``fn`` in the load pool. If cancelled meanwhile, waits for the thread
-        (it cannot be stopped) and runs ``cleanup(result)`` on what it produced
-        before re-raising the cancellation; if that wait is cancelled too, the
-        cleanup still runs when the thread ends (``settle`` waits for it)."""
-        fut = (pool or self._load_pool).submit(fn)
-        try:
-            return await asyncio.wrap_future(fut)
-        except asyncio.CancelledError:
-            if cleanup is not None:
-                cleaned: Future[None] = Future()
-                self._orphans.add(cleaned)
-
-                def drop(f: Future[Any]) -> None:
-                    try:
-                        if not f.cancelled() and f.exception() is None:
-                            cleanup(f.result())
-                    except Exception:  # noqa: BLE001 - runs in a pool thread; log and go on
-                        log.exception("dropping a cancelled load's model failed")
-                    finally:
-                        self._orphans.discard(cleaned)
-                        cleaned.set_result(None)
-
-                fut.add_done_callback(drop)
-                try:
-                    await asyncio.shield(asyncio.wrap_future(cleaned))
-                except asyncio.CancelledError:
-                    pass
-            raise
 
     # -- unloading ---------------------------------------------------------
 
@@ -322,49 +317,8 @@ class ModelManager:
         return [e.model_id for e in entries]
 
     async def _unload_entries(self, entries: list[Entry], reason: str) -> None:
-        """Unloads entries already removed from the cache (no new request can reach
-        them); requests still running on one are waited for, bounded. Runs to the
-        end even if the caller is cancelled (a half-done unload would leave copy
-        keys and file pins behind)."""
-        if not entries:
-            return
-        task = asyncio.get_running_loop().create_task(self._unload_now(entries, reason))
-        self._unload_tasks.add(task)
-        task.add_done_callback(self._unload_tasks.discard)
-        await asyncio.shield(task)
-
-    async def _unload_now(self, entries: list[Entry], reason: str) -> None:
-        loop = asyncio.get_running_loop()
-        done: dict[str, asyncio.Future[None]] = {}
-        for entry in entries:
-            done[entry.model_id] = self._unloading[entry.model_id] = loop.create_future()
-        for entry in entries:
-            try:
-                deadline = loop.time() + UNLOAD_DRAIN_S
-                while entry.in_flight and loop.time() < deadline:
-                    await asyncio.sleep(0.005)
-                model: LoadedModel | None = entry.model
-                entry.model = None
-                unload_started = self._clock.monotonic()
-                try:
-                    if model is not None:
-                        await self._in_thread(model.unload, pool=self._unload_pool)
-                        self._metrics.unload_seconds.observe(self._clock.monotonic() - unload_started)
-                    await self._fetcher.release(entry.model_id)
-                except Exception:  # noqa: BLE001 - one failed unload must not stop the others
-                    log.exception("unloading model %r failed", entry.model_id)
-            finally:
-                self._metrics.unloads.labels(reason).inc()
-                if reason in ("evicted", "expired"):
-                    self._metrics.evicted(self.cache.policy.name, "capacity" if reason == "evicted" else "idle",
-                                          self._clock.monotonic() - entry.last_used)
-                    log.info("%s model %r (%s policy; %d bytes, idle since %d ms epoch)", reason, entry.model_id,
-                             self.cache.policy.name, entry.size, entry.last_used_ms)
-                self._listener.removed(entry.model_id)
-                done[entry.model_id].set_result(None)
-                if self._unloading.get(entry.model_id) is done[entry.model_id]:
-                    del self._unloading[entry.model_id]
-        self._update_gauges()
+        """Unloads entries already removed from the cache (see :class:`Unloader`)."""
+        await self._unloader.unload(entries, reason)
 
     async def unload_all(self, reason: str, timeout_s: float = 10.0) -> None:
         """Cancels every load (waiting at most ``timeout_s`` for their threads) and
@@ -378,21 +332,19 @@ class ModelManager:
         for e in entries:
             self.cache.remove(e.model_id)
         await self._unload_entries(entries, reason)
-        await asyncio.gather(*self._unload_tasks, return_exceptions=True)
+        await self._unloader.wait_all()
 
     async def warm_up_in_background(self, fn: Any) -> None:
         """Runs ``fn`` (a backend's deferred import) in the load pool as if it were a
         load: loads overlapping it are not charged for the memory it takes."""
         try:
-            await self._in_thread(lambda: self._meter.measure(fn))
+            await self._threads.run(lambda: self._meter.measure(fn))
         except Exception:  # noqa: BLE001 - a load that needs it reports the real error
             log.exception("background warm-up of the model backends failed")
 
     async def settle(self, timeout_s: float) -> None:
         """Waits (bounded) for the threads of cancelled loads to finish and drop their models."""
-        pending = [asyncio.wrap_future(f) for f in list(self._orphans)]
-        if pending:
-            await asyncio.wait(pending, timeout=timeout_s)
+        await self._threads.settle(timeout_s)
 
     # -- inference bookkeeping ----------------------------------------------
 
@@ -429,6 +381,5 @@ class ModelManager:
         self._listener.changed()
 
     def close(self) -> None:
-        self._load_pool.shutdown(wait=False, cancel_futures=True)
-        self._unload_pool.shutdown(wait=False, cancel_futures=True)
+        self._threads.close()
         self.infer_pool.shutdown(wait=False, cancel_futures=True)

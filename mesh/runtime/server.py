@@ -182,7 +182,8 @@ class RuntimeServer:
             try:
                 backends = BackendRegistry.default(
                     s.intra_op_threads, s.model_types, allow_pickle=s.allow_pickle,
-                    skops_trusted_types=s.skops_trusted_types, custom_model_types=s.custom_model_types)
+                    skops_trusted_types=s.skops_trusted_types, custom_model_types=s.custom_model_types,
+                    onnx_full_optimization_min_bytes=s.onnx_full_optimization_min_bytes)
             except ValueError as e:  # a custom_model_types entry that does not import
                 raise FailedPrecondition(str(e)) from None
         backends.prepare()

@@ -122,6 +122,10 @@ class RuntimeSettings(CommonSettings):
     #: Intra-op threads per ORT session, and torch's thread count. 1 keeps a thousand sessions from
     #: owning a thousand thread pools; raise it for few, large models.
     intra_op_threads: int = 1
+    #: ONNX files at least this large get ONNX Runtime's full graph optimisation (layout and
+    #: extended fusions); smaller ones only the basic level, which builds the session about
+    #: twice as fast and runs a small model as fast (README "Model churn"). 0 = always full.
+    onnx_full_optimization_min_bytes: ByteSize = 1 << 20
     #: Load timeout = base + per_gb x predicted GB (a big model may take longer).
     load_timeout_base_s: float = 30.0
     load_timeout_per_gb_s: float = 60.0

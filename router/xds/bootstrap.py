@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from router.xds.tls import GatewayTls
-from router.xds.snapshot import BODY_HEADER, MAX_REQUEST_BYTES, ROUTE_CONFIG_NAME, ROUTER_CLUSTER
+from router.xds.snapshot import (BODY_HEADER, MAX_REQUEST_BYTES, MODEL_HEADER, ROUTE_CONFIG_NAME, ROUTER_CLUSTER,
+                                 VMODEL_HEADER)
 
 XDS_CLUSTER = "xds"
 ADMIN_CLUSTER = "envoy_admin"
@@ -115,6 +116,48 @@ def _cluster(name: str, hostport: str, *, http2: bool = True, tls: dict[str, Any
     return c
 
 
+def _header_present(name: str) -> dict[str, Any]:
+    return {"single_predicate": {
+        "input": {"name": name, "typed_config": {
+            "@type": "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput", "header_name": name}},
+        "value_match": {"safe_regex": {"google_re2": {}, "regex": ".+"}}}}
+
+
+def _body_filter() -> dict[str, Any]:
+    """The Lua body filter, skipped (no Lua call at all) when a header already names the model.
+
+    Most of what a saturated Envoy spends per request is fixed; the Lua call is ~10-15 % of
+    it (BENCHMARKS.md, gateway-tuning). A client's own ``mm-body-model`` still goes through
+    the filter, which removes it."""
+    lua = {"name": "envoy.filters.http.lua", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+        "default_source_code": {"inline_string": BODY_FILTER}}}
+    named = {"or_matcher": {"predicate": [_header_present(MODEL_HEADER), _header_present(VMODEL_HEADER)]}}
+    skip_when = {"and_matcher": {"predicate": [named, {"not_matcher": _header_present(BODY_HEADER)}]}}
+    return {"name": "body_model_unless_header", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher",
+        "extension_config": lua,
+        "xds_matcher": {"matcher_list": {"matchers": [{"predicate": skip_when, "on_match": {"action": {
+            "name": "skip",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter"},
+        }}}]}}}}
+
+
+#: The stats kept: what the ServiceMonitor, the dashboard, the HPA rule and the tests read,
+#: plus what explains a failed request. Envoy makes ~100 stats per cluster and counts bytes
+#: per read and write; the rest become null stats (no per-request work).
+KEPT_STATS = [
+    {"prefix": "server."}, {"prefix": "cluster_manager."}, {"prefix": "listener_manager."},
+    {"prefix": "control_plane."}, {"prefix": "runtime."},
+    {"safe_regex": {"regex": r"^http\.[^.]+\.(downstream_rq_(total|[1-5]xx|time|active|timeout|rx_reset|tx_reset)"
+                             r"|downstream_cx_(total|active|destroy.*)|rq_total|no_route)$"}},
+    {"safe_regex": {"regex": r"^cluster\.[^.]+\.(upstream_rq_(total|time|active|pending_active|pending_overflow"
+                             r"|timeout|per_try_timeout|[1-5]xx|retry.*|rx_reset|tx_reset|maintenance_mode)"
+                             r"|upstream_cx_(active|total|connect_fail|connect_timeout|none_healthy|destroy_.*)"
+                             r"|outlier_detection\..*|membership_.*|update_.*|retry_or_shadow_abandoned)$"}},
+]
+
+
 def _hcm(stat_prefix: str, routes: dict[str, Any], filters: list[dict[str, Any]]) -> dict[str, Any]:
     return {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
@@ -124,9 +167,13 @@ def _hcm(stat_prefix: str, routes: dict[str, Any], filters: list[dict[str, Any]]
         "http2_protocol_options": {"max_concurrent_streams": 10000},
         # Nothing downstream reads x-request-id; generating one per request is CPU on the hot path.
         "generate_request_id": False,
+        # No `server: envoy` on answers (the runtimes send none): one header less to encode and parse.
+        "server_header_transformation": "PASS_THROUGH",
         **routes,
         "http_filters": [*filters, {"name": "envoy.filters.http.router", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+            # No x-envoy-* headers added to requests and answers: nothing reads them.
+            "suppress_envoy_headers": True}}],
     }}
 
 
@@ -148,11 +195,7 @@ def _listener(name: str, hostport: str, hcm: dict[str, Any], tls: dict[str, Any]
 
 
 def bootstrap(cfg: GatewayConfig) -> dict[str, Any]:
-    filters = []
-    if cfg.body_routing:
-        filters.append({"name": "envoy.filters.http.lua", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-            "default_source_code": {"inline_string": BODY_FILTER}}})
+    filters = [_body_filter()] if cfg.body_routing else []
     rds = {"rds": {"route_config_name": ROUTE_CONFIG_NAME,
                    "config_source": {"ads": {}, "resource_api_version": "V3"}}}
     # TLS on the public listeners (the stats listener stays plaintext: probes, scrapers).
@@ -179,6 +222,7 @@ def bootstrap(cfg: GatewayConfig) -> dict[str, Any]:
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
         },
         "static_resources": {"listeners": listeners, "clusters": clusters},
+        "stats_config": {"stats_matcher": {"inclusion_list": {"patterns": KEPT_STATS}}},
         # A bound on downstream connections (Envoy warns at start without one).
         "overload_manager": {"resource_monitors": [{
             "name": "envoy.resource_monitors.global_downstream_max_connections",

@@ -2,6 +2,9 @@
 
 ``XdsCache`` rebuilds the snapshot when the mirror changes (coalesced over a
 short window, skipped when the hashes did not move) and wakes every stream.
+While no Envoy is connected it only notes that the snapshot is stale and builds
+it when the next one connects (or someone reads it): a router without Envoy in
+front pays nothing per model load or eviction.
 Each stream sends one response at a time and waits for its ACK or NACK, in the
 make-before-break order: clusters first (the new ones beside those the routes
 on Envoy still use), then routes, then clusters again without the unused ones.
@@ -67,21 +70,42 @@ class XdsCache:
         self._listeners: set[asyncio.Event] = set()
         #: cluster name -> (the cluster, monotonic time it leaves the snapshot).
         self._lingering: dict[str, tuple[cluster_pb2.Cluster, float]] = {}
-        #: The view the current snapshot was built from.
-        self.view: XdsView = view_of(mirror)
-        self.snapshot: Snapshot = build_snapshot(self.view, runtime_tls)
+        self._view: XdsView = view_of(mirror)
+        self._snapshot: Snapshot = build_snapshot(self._view, runtime_tls)
+        #: The mirror changed while no Envoy listened: rebuild before the snapshot is next read.
+        self._stale = False
         mirror.subscribe(self._on_change)
+
+    def _fresh(self) -> None:
+        if self._stale:
+            self._stale = False
+            self._rebuild_logged()
+
+    @property
+    def snapshot(self) -> Snapshot:
+        self._fresh()
+        return self._snapshot
+
+    @property
+    def view(self) -> XdsView:
+        """The view the current snapshot was built from."""
+        self._fresh()
+        return self._view
 
     def _on_change(self, key: ParsedKey, record: object) -> None:
         if key.kind in _RELEVANT:
             if key.kind == "model" and record is not None and key.name not in self._mirror.copies:
                 return  # a (new) model without copies routes nowhere yet: a fleet's registration rebuilds nothing
-            self._dirty.set()
+            if self._listeners:
+                self._dirty.set()
+            else:
+                self._stale = True  # nobody to send it to: built when an Envoy connects
 
     def start(self) -> None:
         self._tasks.spawn(self._follow(), "xds-snapshots")
 
     def listen(self) -> asyncio.Event:
+        self._fresh()  # the first Envoy after a quiet spell: build what it will be sent
         ev = asyncio.Event()
         self._listeners.add(ev)
         return ev
@@ -102,16 +126,20 @@ class XdsCache:
             except TimeoutError:
                 pass  # a lingering cluster is due to go
             self._dirty.clear()
-            try:
-                self._rebuild()
-            except Exception:  # a bug here must not stop later snapshots
-                log.exception("building the xDS snapshot failed; Envoy keeps the previous one")
+            self._stale = False
+            self._rebuild_logged()
+
+    def _rebuild_logged(self) -> None:
+        try:
+            self._rebuild()
+        except Exception:  # a bug here must not stop later snapshots
+            log.exception("building the xDS snapshot failed; Envoy keeps the previous one")
 
     def _rebuild(self) -> None:
         view = view_of(self._mirror)
         snap = build_snapshot(view, self._runtime_tls)
         now = self._clock.monotonic()
-        old = self.snapshot
+        old = self._snapshot
         for name, cluster in old.clusters.items():
             if name not in snap.clusters and name not in self._lingering:
                 self._lingering[name] = (cluster, now + self._linger_s)
@@ -121,7 +149,7 @@ class XdsCache:
             snap = replace(snap, clusters=clusters, cluster_version=version_of(clusters[k] for k in sorted(clusters)))
         if (snap.cluster_version, snap.route_version) == (old.cluster_version, old.route_version):
             return
-        self.view, self.snapshot = view, snap
+        self._view, self._snapshot = view, snap
         self._metrics.builds.inc()
         for ev in self._listeners:
             ev.set()

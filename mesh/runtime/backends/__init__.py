@@ -33,12 +33,14 @@ class BackendRegistry:
     @classmethod
     def default(cls, intra_op_threads: int = 1, model_types: tuple[str, ...] = ("onnx", "pytorch"), *,
                 allow_pickle: bool = False, skops_trusted_types: tuple[str, ...] = (),
-                custom_model_types: tuple[str, ...] = ()) -> BackendRegistry:
+                custom_model_types: tuple[str, ...] = (),
+                onnx_full_optimization_min_bytes: int = 0) -> BackendRegistry:
         """The backends of ``model_types`` (empty: every built-in type and installed
         plugin) plus the ``module:Class`` types allowed by ``custom_model_types``
         (ValueError if one does not import: the operator asked for it)."""
         every: list[Backend] = [
-            OnnxBackend(intra_op_threads), TorchScriptBackend(intra_op_threads),
+            OnnxBackend(intra_op_threads, full_optimization_min_bytes=onnx_full_optimization_min_bytes),
+            TorchScriptBackend(intra_op_threads),
             SklearnBackend(allow_pickle=allow_pickle, skops_trusted_types=skops_trusted_types),
             XGBoostBackend(intra_op_threads), LightGBMBackend(intra_op_threads),
         ]

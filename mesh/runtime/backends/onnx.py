@@ -1,7 +1,10 @@
 """ONNX models through ONNX Runtime (model type ``onnx``).
 
 CPU sessions use ``intra_op_threads`` threads each (default 1: a runtime holds
-hundreds of sessions and parallelises across requests instead). With a cuda
+hundreds of sessions and parallelises across requests instead). A file smaller than
+``full_optimization_min_bytes`` gets only ORT's basic graph optimisations: a small
+model's session builds in about half the time (0.3 vs 0.57 ms for a 26 KB MLP) and
+runs as fast, which is most of a miss's framework cost under model churn. With a cuda
 device the session uses the CUDA execution provider on that device, and the load
 fails if onnxruntime-gpu is not the installed onnxruntime. ORT exposes no
 allocation statistics to Python, so ``allocated_bytes`` is 0 and the runtime's
@@ -76,8 +79,9 @@ _WARM_UP_MODEL = (
 class OnnxBackend:
     model_type = "onnx"
 
-    def __init__(self, intra_op_threads: int = 1) -> None:
+    def __init__(self, intra_op_threads: int = 1, *, full_optimization_min_bytes: int = 0) -> None:
         self._threads = intra_op_threads
+        self._full_min = full_optimization_min_bytes
 
     def available(self) -> None:
         import onnxruntime  # noqa: F401
@@ -114,6 +118,8 @@ class OnnxBackend:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self._threads
         opts.inter_op_num_threads = 1
+        if file.stat().st_size < self._full_min:
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         try:
             session = ort.InferenceSession(str(file), opts, providers=self._providers(model_id, device))
         except Exception as e:  # noqa: BLE001 - ORT raises its own unrelated exception types
