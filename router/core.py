@@ -55,6 +55,11 @@ class InferenceCore:
         ``count``: this is the request's routing decision (split metrics)."""
         return self._table.resolve(name, vmodel_first=True, split_key=split_key, count=count)
 
+    async def resolve_known(self, name: str, *, split_key: str | None = None, count: bool = False) -> str:
+        """``resolve``, reading ``name`` from the registry before ModelNotFound (read-your-writes
+        for a model registered through another router a moment ago)."""
+        return await self._table.caught_up(name, lambda: self.resolve(name, split_key=split_key, count=count))
+
     def model_ready(self, name: str) -> bool:
         """Registered (ModelNotFound otherwise) and loaded somewhere."""
         return bool(self._table.loaded_on(self.resolve(name)))
@@ -113,7 +118,7 @@ class InferenceCore:
         """The ModelMetadata of the model ``name`` resolves to (loads it on a miss), memoized
         per concrete model. Resolve first and pass the concrete id to keep a split vmodel's
         signature and inference on the same target."""
-        model_id = self.resolve(name, split_key=split_key)
+        model_id = await self.resolve_known(name, split_key=split_key)
         hit = self._signatures.get(model_id)
         if hit is not None and hit[0] == self._fingerprint(model_id):
             return hit[1]

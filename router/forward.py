@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import grpc
 
 from mesh.clock import Clock
-from mesh.errors import DeadlineExceeded, InvalidArgument, MeshError, Unavailable
+from mesh.errors import DeadlineExceeded, InvalidArgument, MeshError, ModelNotFound, Unavailable
 from mesh.grpc_errors import from_rpc_error
 from router.loader import Loader
 from router.metrics import RouterMetrics
@@ -102,7 +102,11 @@ class Forwarder:
         return model_id, read_field1(body) if body is not None else ""
 
     async def forward(self, method: str, body: bytes, metadata: Metadata, timeout_s: float) -> bytes:
-        model_id, body_name = self._resolve(metadata, body, count=True)
+        try:
+            model_id, body_name = self._resolve(metadata, body, count=True)
+        except ModelNotFound:  # registered through another router a moment ago?
+            await self._table.refresh(model_name_from(metadata, body)[0])
+            model_id, body_name = self._resolve(metadata, body, count=True)
         if body_name != model_id:
             # The body names a vmodel (or another id than the header): inject the
             # concrete id, as ModelMesh does for runtimes declaring idInjectionPath [1].

@@ -1,7 +1,10 @@
 """``mmesh.ModelMesh``: the management API, with ModelMesh's semantics.
 
 Writes go to etcd; each RPC then waits until this router's mirror has applied
-its own write (read-your-writes), so a request for the id routes at once.
+its own write (read-your-writes), so a request for the id routes at once. A
+registration applies its committed record to the mirror itself instead of waiting
+for the watch to bring it back; a read of an id the mirror lacks reads it from the
+registry first, so other routers see the model as soon as the call returns.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ class Management(mm_grpc.ModelMeshServicer):
         now = self._clock.now_ms()
         record = rec.ModelRecord(model_id, info.type, info.path, info.key, registered_ms=now,
                                  last_used_ms=last_used_ms or now, auto_delete=auto_delete, labels=labels or {})
+        key = self._registry.keys.model(model_id)
         try:
             revision = await self._registry.create_model(record)
         except AlreadyExists:
@@ -86,9 +90,20 @@ class Management(mm_grpc.ModelMeshServicer):
                         f"model {model_id!r} is already registered with different type/path/key; model content "
                         "is immutable per id: register a new id (and move a vmodel to it) or unregister first"
                     ) from None
+                # Registered elsewhere a moment ago, perhaps: this router serves it from now on too.
+                self._table.mirror.apply_local(key, c, current.mod_revision)
                 return
             revision = await self._registry.create_model(record)
-        await self._table.mirror.wait_for(revision)
+        # Read-your-writes without the watch's round trip: the record is committed at ``revision``.
+        self._table.mirror.apply_local(key, record, revision)
+
+    async def known(self, model_id: str) -> bool:
+        """Whether ``model_id`` is registered, reading it from the registry before saying no."""
+        mirror = self._table.mirror
+        if model_id in mirror.models:
+            return True
+        await mirror.refresh(mirror.keys.model(model_id))
+        return model_id in mirror.models
 
     def load_in_background(self, model_id: str) -> None:
         deadline = self._clock.monotonic() + self._s.load_timeout_s
@@ -147,12 +162,14 @@ class Management(mm_grpc.ModelMeshServicer):
 
     @translate_errors
     async def getModelStatus(self, request: mm.GetStatusRequest, context: grpc.aio.ServicerContext) -> mm.ModelStatusInfo:  # noqa: N802
-        return self.status(validate_id(request.modelId))
+        model_id = validate_id(request.modelId)
+        await self.known(model_id)  # NOT_FOUND only once the registry agrees
+        return self.status(model_id)
 
     @translate_errors
     async def ensureLoaded(self, request: mm.EnsureLoadedRequest, context: grpc.aio.ServicerContext) -> mm.ModelStatusInfo:  # noqa: N802
         model_id = validate_id(request.modelId)
-        if model_id not in self._table.mirror.models:
+        if not await self.known(model_id):
             return mm.ModelStatusInfo(status=mm.ModelStatusInfo.NOT_FOUND)
         if request.lastUsedTime:
             ts = int(request.lastUsedTime)

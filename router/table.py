@@ -11,7 +11,7 @@ import asyncio
 import random
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from mesh.clock import Clock
 from mesh.errors import ModelNotFound
@@ -20,6 +20,8 @@ from mesh.registry.keys import ParsedKey
 from mesh.registry.mirror import RegistryMirror
 from router.splits import SplitChooser
 from router.usage import CopyUsage
+
+T = TypeVar("T")
 
 
 class RoutingTable:
@@ -79,6 +81,26 @@ class RoutingTable:
         if name in m.models:
             return name
         raise ModelNotFound(f"model {name!r} is not registered")
+
+    async def refresh(self, name: str) -> None:
+        """Reads the model and vmodel ``name`` (and a vmodel's targets) from the registry
+        into the mirror: before a "not registered" answer, in case another router
+        registered it a moment ago (read-your-writes across routers)."""
+        m, keys = self.mirror, self.mirror.keys
+        await m.refresh(keys.model(name), keys.vmodel(name))
+        v = m.vmodels.get(name)
+        if v is not None:
+            targets = {v.active_model, v.target_model, *v.split} - {""} - m.models.keys()
+            if targets:
+                await m.refresh(*(keys.model(t) for t in sorted(targets)))
+
+    async def caught_up(self, name: str, lookup: Callable[[], T]) -> T:
+        """``lookup()``; on ModelNotFound, once more after ``refresh(name)``."""
+        try:
+            return lookup()
+        except ModelNotFound:
+            await self.refresh(name)
+            return lookup()
 
     def resolve_vmodel(self, name: str, split_key: str | None = None, count: bool = False) -> str:
         v = self.mirror.vmodels.get(name)

@@ -64,7 +64,7 @@ class VModels:
         target = validate_id(req.targetModelId, what="targetModelId")
         if req.HasField("modelInfo"):
             await self._m.register(target, req.modelInfo, auto_delete=req.autoDeleteTargetModel)
-        elif target not in self._table.mirror.models:
+        elif not await self._m.known(target):  # perhaps registered through another router a moment ago
             raise ModelNotFound(f"target model {target!r} is not registered: register it or pass modelInfo")
         now = self._clock.now_ms()
 
@@ -119,6 +119,10 @@ class VModels:
         vid = validate_id(vid, what="vmodel id")
         targets = validate_split({validate_id(m, what="split target"): w for m, w in targets.items()})
         missing = sorted(m for m in targets if m not in self._table.mirror.models)
+        if missing:
+            mirror = self._table.mirror  # registered through another router a moment ago?
+            await mirror.refresh(*(mirror.keys.model(m) for m in missing))
+            missing = [m for m in missing if m not in mirror.models]
         if missing:
             raise ModelNotFound(f"split targets {', '.join(map(repr, missing))} are not registered: register them first")
         heaviest = max(sorted(targets), key=lambda m: targets[m])

@@ -32,7 +32,9 @@ class CreateBatcher:
         self._queue.append((key, value, fut))
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush(), name="registry-create-batch")
-        return await asyncio.shield(fut)  # a caller that goes away does not undo the batch
+        # Not shielded: a caller that goes away cancels only its own future; the
+        # batch (already queued) is still written and skips a done future.
+        return await fut
 
     async def _flush(self) -> None:
         try:

@@ -6,6 +6,14 @@ from the next; a compacted watch triggers a full reload, after which listeners
 hear of every key that changed in the gap. A corrupt value is
 logged and treated as absent, never a crash. ``wait_for`` gives read-your-writes:
 after a write at revision R, wait until the mirror has applied R.
+
+Two cheaper halves of the same guarantee, for the registration path: the writer
+applies its own committed write at once (``apply_local``: the record and its
+revision; the watch's copy of that write is then skipped, undecoded, and any older
+event for the key too), and a reader that misses an id reads its keys from the
+registry first (``refresh``: a strong read, applied the same way), so a model
+registered through any router is seen by every router from the moment the
+registration returns.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from mesh.errors import CorruptRecord, DeadlineExceeded, Unavailable
+from mesh.errors import CorruptRecord, DeadlineExceeded, RegistryUnavailable, Unavailable
 from mesh.registry import records as rec
 from mesh.registry.keys import KeySchema, ParsedKey
 from mesh.registry.store import KeyValue, KVStore, WatchCompacted, WatchEvent
@@ -40,6 +48,8 @@ class RegistryMirror:
     def __init__(self, store: KVStore, keys: KeySchema, *, page_size: int = 2000) -> None:
         self._store = store
         self._keys = keys
+        #: The key schema (readers build the keys they ``refresh``).
+        self.keys = keys
         self._page_size = page_size
         self.models: dict[str, rec.ModelRecord] = {}
         self.vmodels: dict[str, rec.VModelRecord] = {}
@@ -59,6 +69,9 @@ class RegistryMirror:
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_seq = itertools.count()
         self._task: asyncio.Task[None] | None = None
+        #: Writes applied by ``apply_local`` the watch has not delivered yet:
+        #: key -> (revision, parsed key, record).
+        self._local: dict[bytes, tuple[int, ParsedKey, Any]] = {}
 
     def subscribe(self, listener: Listener) -> None:
         """``listener(parsed_key, record_or_None)`` runs after each applied change."""
@@ -100,6 +113,39 @@ class RegistryMirror:
         finally:
             timer.cancel()
 
+    def apply_local(self, key: bytes, record: Any, revision: int) -> None:
+        """Applies this process's own write, committed at ``revision``, without waiting
+        for the watch. The mirror's ``revision`` does not move (earlier writes of other
+        keys may still be on their way); the watch's events for ``key`` up to
+        ``revision`` are skipped when they come."""
+        parsed = self._keys.parse(key)
+        if parsed is None or parsed.kind in ("leader", "drain"):
+            return
+        applied = self._local.get(key)
+        if revision <= self.revision or (applied is not None and applied[0] >= revision):
+            return  # the mirror already holds this write or a later one
+        self._local[key] = (revision, parsed, record)
+        self._store_record(parsed, record, revision)
+        self._notify(parsed, record)
+
+    async def refresh(self, *keys: bytes) -> None:
+        """Reads ``keys`` from the registry and applies what exists (``apply_local`` at
+        each key's mod revision): a strong read for an id the mirror lacks, so a write
+        another router committed a moment ago is seen before the watch brings it."""
+        try:
+            kvs = await asyncio.gather(*(self._store.get(k) for k in keys))
+        except RegistryUnavailable:
+            return  # etcd unreachable: the mirror's own answer stands (as before the read)
+        for key, kv in zip(keys, kvs):
+            parsed = self._keys.parse(key)
+            if kv is None or parsed is None or parsed.kind not in _DECODERS:
+                continue
+            try:
+                record = rec.decode(_DECODERS[parsed.kind], kv.value)
+            except CorruptRecord:
+                continue  # the watch logs and counts it
+            self.apply_local(key, record, kv.mod_revision)
+
     # -- loading and following -------------------------------------------
 
     async def _load(self) -> None:
@@ -122,6 +168,10 @@ class RegistryMirror:
         self.drains = fresh.drains
         self.resources = fresh.resources
         self.corrupt_records += fresh.corrupt_records
+        # Own writes later than the snapshot stay applied (the watch resumes after it).
+        self._local = {k: v for k, v in self._local.items() if v[0] > revision}
+        for rev, parsed, record in self._local.values():
+            self._store_record(parsed, record, rev)
         self._advance(revision)
         if before is not None:
             self._notify_diff(before, self._snapshot())
@@ -178,6 +228,14 @@ class RegistryMirror:
         self._advance(ev.revision)
 
     def _apply(self, key: bytes, value: bytes | None, revision: int) -> None:
+        if self._local:
+            applied = self._local.get(key)
+            if applied is not None:
+                if revision <= applied[0]:
+                    if revision == applied[0]:
+                        del self._local[key]
+                    return  # apply_local already holds this write (or a later one): no decode, no notify
+                del self._local[key]
         parsed = self._keys.parse(key)
         if parsed is None or parsed.kind == "leader":
             return

@@ -9,9 +9,10 @@ readers log and skip.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+import orjson
 
 from mesh.errors import CorruptRecord
 
@@ -158,14 +159,16 @@ def encode(record: Record) -> bytes:
         data["failures"] = [{"instance_id": f.instance_id, "at_ms": f.at_ms, "reason": f.reason}
                             for f in data["failures"]]
     data["v"] = SCHEMA_VERSION
-    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+    # orjson: the same compact, key-sorted JSON at a fraction of json's cost (a fleet's
+    # registration encodes every record once, every mirror decodes it once).
+    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
 
 def decode(cls: type[R], raw: bytes) -> R:
     """Decodes a record, raising CorruptRecord (with the reason) on bad data."""
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+        data = orjson.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:  # orjson.JSONDecodeError is a ValueError
         raise CorruptRecord(f"{cls.__name__}: value is not JSON ({e})") from None
     if not isinstance(data, dict):
         raise CorruptRecord(f"{cls.__name__}: value is not a JSON object")

@@ -169,7 +169,7 @@ class RestServer:
         with core.track("Predict", "rest", r.model):
             # One target for the signature and the inference (a split vmodel draws once);
             # an unknown model is 404 whatever the body says.
-            model_id = core.resolve(r.model, split_key=request.headers.get(SPLIT_KEY_HEADER), count=True)
+            model_id = await core.resolve_known(r.model, split_key=request.headers.get(SPLIT_KEY_HEADER), count=True)
             body = await self._body(request)
             deadline = core.deadline(self._timeout(request))
             signature = await core.metadata(model_id, timeout_s=core.remaining(deadline))
@@ -205,7 +205,7 @@ class RestServer:
     async def _v2_infer(self, request: web.Request, r: Route) -> web.Response:
         core = self._core
         with core.track("ModelInfer", "rest", r.model):
-            core.resolve(r.model)  # an unknown model is 404 whatever the body says
+            await core.resolve_known(r.model)  # an unknown model is 404 whatever the body says
             body = await self._body(request)
             decoded = await self._cpu(len(body), v2.decode_request, body, request.headers.get(v2.HEADER_LENGTH),
                                       r.model, r.version)

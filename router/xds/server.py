@@ -94,6 +94,8 @@ class XdsCache:
 
     def _on_change(self, key: ParsedKey, record: object) -> None:
         if key.kind in _RELEVANT:
+            if key.kind == "model" and record is not None and key.name not in self._mirror.copies:
+                return  # a (new) model without copies routes nowhere yet: a fleet's registration rebuilds nothing
             if self._listeners:
                 self._dirty.set()
             else:
