@@ -107,7 +107,7 @@ async def test_metrics_endpoints_count_an_end_to_end_run(
         assert loads >= MODELS and both["meshserve_model_load_seconds_count"] == loads
         assert both["meshserve_load_queue_seconds_count"] >= loads
         assert both["meshserve_loaded_model_size_bytes_count"] == loads
-        evictions = both['meshserve_evictions_total{policy="adaptive",reason="capacity"}']
+        evictions = both['meshserve_evictions_total{policy="lru",reason="capacity"}']
         assert evictions >= 1 and both['meshserve_model_unloads_total{reason="evicted"}'] == evictions
         assert both["meshserve_age_at_eviction_seconds_count"] == evictions
         assert both["meshserve_model_unload_seconds_count"] >= evictions

@@ -99,12 +99,12 @@ def model_file(tmp_path: Path) -> Path:
 async def test_runtime_applies_its_policy_file_and_falls_back_to_it_when_the_key_goes(
         etcd_server: LocalEtcd, etcd_store: EtcdStore, mesh_name: str, tmp_path: Path, model_file: Path) -> None:
     keys = KeySchema(mesh_name)
-    plain = await _runtime(etcd_server, mesh_name, eviction_policy="lru")  # its own setting (default adaptive)
+    plain = await _runtime(etcd_server, mesh_name)
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text("eviction: {default: lfu}\n")
     filed = await _runtime(etcd_server, mesh_name, policy_file=str(policy_file))
     try:
-        assert await evicted_by(plain, model_file, "p1") == "a"  # its own setting, lru
+        assert await evicted_by(plain, model_file, "p1") == "a"  # the default, lru
         assert await evicted_by(filed, model_file, "f1") == "b"  # the file's lfu
         rev = await Registry(etcd_store, keys).set_policy(rec.PolicyRecord({"eviction": {"default": "lru"}}))
         await _applied(filed, rev)
@@ -113,7 +113,7 @@ async def test_runtime_applies_its_policy_file_and_falls_back_to_it_when_the_key
         await _applied(filed, 0)
         assert await evicted_by(filed, model_file, "f3") == "b"  # key gone: the file again
         await _applied(plain, 0)
-        assert await evicted_by(plain, model_file, "p2") == "a"  # no file: its own setting again
+        assert await evicted_by(plain, model_file, "p2") == "a"  # no file: the defaults again
     finally:
         await plain.stop()
         await filed.stop()

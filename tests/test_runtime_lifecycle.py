@@ -42,8 +42,7 @@ def test_capacity_for_three_keeps_the_three_most_recently_used(
 ) -> None:
     paths = [_tiny(tmp_path, i) for i in range(5)]
     charge = paths[0].stat().st_size * FACTOR
-    env = {"MESHSERVE_SIZE_PREDICTION_FACTOR": str(FACTOR), "MESHSERVE_SIZE_OVERHEAD": "0",
-           "MESHSERVE_EVICTION_POLICY": "lru"}  # the default is adaptive; this is about LRU
+    env = {"MESHSERVE_SIZE_PREDICTION_FACTOR": str(FACTOR), "MESHSERVE_SIZE_OVERHEAD": "0"}
     with start_runtime(etcd_server.endpoint, mesh_name, capacity=int(charge * 3.5), env=env,
                        extra_args=["--device", DEVICE]) as rt:
         spi, client = Spi(rt.endpoint), tc.InferenceServerClient(rt.endpoint)

@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", help="k=v,k2=v2 labels for placement")
     p.add_argument("--zone", help="failure zone for placement")
     p.add_argument("--eviction-policy", help="lru, lfu, gdsf, ttl, adaptive, package.module:function or a JSON spec; used when "
-                   "the policy document sets none for this runtime (env MESHSERVE_EVICTION_POLICY; default adaptive)")
+                   "the policy document sets none for this runtime (env MESHSERVE_EVICTION_POLICY; default lru)")
     p.add_argument("--policy-file", help="policy document (JSON/YAML) used while the registry's config/policy is "
                    "unset (env MESHSERVE_POLICY_FILE)")
     add_tls_arguments(p)

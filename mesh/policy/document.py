@@ -188,7 +188,7 @@ def parse_selector(selector: str) -> dict[str, str]:
 
 class EvictionSection(_Strict):
     #: The policy of every runtime no ``by_label`` rule matches. Unset: the
-    #: runtime's own ``MESHSERVE_EVICTION_POLICY`` / ``--eviction-policy`` (adaptive).
+    #: runtime's own ``MESHSERVE_EVICTION_POLICY`` / ``--eviction-policy`` (lru).
     default: EvictionSpec | None = None
     #: ``"k=v[,k2=v2]"`` -> policy for runtimes carrying all those labels; the
     #: first matching rule (document order) wins.

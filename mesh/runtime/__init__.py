@@ -3,7 +3,7 @@
 - ``settings``: RuntimeSettings (flags and MESHSERVE_* variables).
 - ``backends/``: ONNX Runtime and TorchScript behind one small interface.
 - ``tensors``: KServe V2 tensors <-> numpy, checked against a model's signature.
-- ``cache``: size accounting and the pluggable victim choice (adaptive by default).
+- ``cache``: size accounting and the pluggable victim choice (LRU by default).
 - ``sizing``: capacity and load-size measurement (RSS / CUDA memory).
 - ``loader``: single-flight, bounded, timed, cancel-safe loads and unloads.
 - ``spi`` / ``inference``: the mmesh.ModelRuntime and V2 inference servicers.

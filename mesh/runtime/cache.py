@@ -9,8 +9,7 @@ reservation becomes the final charge (evicting more if the measurement came
 out larger).
 
 The victim choice is a pure function over a frozen view
-(:mod:`mesh.policy.eviction`: LRU, LFU, GDSF, idle TTL, adaptive, or a user's; the
-runtime's settings default to adaptive, a bare cache to LRU);
+(:mod:`mesh.policy.eviction`: LRU by default, LFU, GDSF, idle TTL, adaptive, or a user's);
 this class builds the view, applies the decision and keeps the policy's aging
 value. The policy can be swapped at any time (a live policy change). Everything
 here runs on the event loop; nothing blocks and nothing is unloaded here (the

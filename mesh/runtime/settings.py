@@ -144,7 +144,7 @@ class RuntimeSettings(CommonSettings):
     #: Eviction policy when the policy document sets none for this runtime: ``lru``,
     #: ``lfu``, ``gdsf``, ``ttl``, ``adaptive``, ``package.module:function``, or a JSON spec such as
     #: ``{"policy": "ttl", "idle_s": 60}`` (README "Policies").
-    eviction_policy: EvictionSetting = Field(default="adaptive", validate_default=True)
+    eviction_policy: EvictionSetting = Field(default="lru", validate_default=True)
     #: A policy document (JSON or YAML) used while the registry's ``config/policy``
     #: key is unset; "" = none (built-in defaults).
     policy_file: str = ""
