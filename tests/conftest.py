@@ -19,6 +19,7 @@ from mesh.etcd_server import LocalEtcd
 from mesh.registry.etcd_store import EtcdStore
 from mesh.registry.keys import KeySchema
 from mesh.registry.memory_store import MemoryStore
+from mesh.security.certs import LocalPki, local_pki
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -45,6 +46,12 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEtcd]
 @pytest.fixture
 def mesh_name() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> LocalPki:
+    """A local CA with router, runtime and client certificates (the TLS tests)."""
+    return local_pki(tmp_path / "pki")
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from mesh import modelgen
 from mesh.etcd_server import free_port
 from mesh.proto.mmesh import model_mesh_pb2 as mm
 from mesh.proto.mmesh import model_mesh_pb2_grpc as mm_grpc
-from mesh.security.certs import ROUTER_NAME, CertPair, LocalPki, ensure_ca, issue, local_pki
+from mesh.security.certs import ROUTER_NAME, CertPair, LocalPki, ensure_ca, issue
 from router.server import RouterServer
 from tests.procs import RuntimeProc, start_runtime
 from tests.security_support import rpc_code, tls_channel
@@ -35,11 +35,6 @@ pytestmark = pytest.mark.skipif(find_envoy() is None, reason="needs the envoy ex
 SPEC = modelgen.spec_for_bytes(20_000, seed=5)
 #: The metrics HOST:PORTs of the runtimes fixture's processes.
 RUNTIME_METRICS: list[str] = []
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> LocalPki:
-    return local_pki(tmp_path / "pki")
 
 
 @pytest.fixture

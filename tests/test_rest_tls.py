@@ -12,22 +12,12 @@ import requests
 from mesh import modelgen
 from mesh.etcd_server import free_port
 from mesh.proto.mmesh import model_mesh_pb2 as mm
-from mesh.security.certs import CertPair, LocalPki, ensure_ca, issue, local_pki
+from mesh.security.certs import CertPair, LocalPki, ensure_ca, issue
 from tests.procs import start_runtime
 from tests.security_support import start_router, tls_channel
-from tests.test_security import ONNX_ONLY, SPEC, register, tls_args
+from tests.test_security import ONNX_ONLY, SPEC, model, register, tls_args  # noqa: F401 (model: a fixture)
 
 REFUSED = (requests.exceptions.SSLError, requests.exceptions.ConnectionError)
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> LocalPki:
-    return local_pki(tmp_path / "pki")
-
-
-@pytest.fixture
-def model(tmp_path: Path) -> Path:
-    return modelgen.write_onnx_mlp(SPEC, tmp_path / "models" / "m.onnx")
 
 
 def predict(base: str, model_id: str, ca: Path, client: CertPair | None = None) -> np.ndarray:

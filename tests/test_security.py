@@ -19,17 +19,12 @@ from mesh.proto.mmesh import model_mesh_pb2 as mm
 from mesh.proto.mmesh import model_mesh_pb2_grpc as mm_grpc
 from mesh.proto.mmesh import model_runtime_pb2 as spi
 from mesh.proto.mmesh import model_runtime_pb2_grpc as spi_grpc
-from mesh.security.certs import ROUTER_NAME, LocalPki, ensure_ca, issue, local_pki
+from mesh.security.certs import ROUTER_NAME, LocalPki, ensure_ca, issue
 from tests.procs import ROOT, start_runtime
 from tests.security_support import cluster_status, rpc_code, start_router, tls_channel
 
 ONNX_ONLY = {"MESHSERVE_MODEL_TYPES": "onnx"}
 SPEC = modelgen.spec_for_bytes(20_000, seed=3)
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> LocalPki:
-    return local_pki(tmp_path / "pki")
 
 
 @pytest.fixture

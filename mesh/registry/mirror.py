@@ -47,7 +47,6 @@ _DECODERS: dict[str, type[Any]] = {
 class RegistryMirror:
     def __init__(self, store: KVStore, keys: KeySchema, *, page_size: int = 2000) -> None:
         self._store = store
-        self._keys = keys
         #: The key schema (readers build the keys they ``refresh``).
         self.keys = keys
         self._page_size = page_size
@@ -118,7 +117,7 @@ class RegistryMirror:
         for the watch. The mirror's ``revision`` does not move (earlier writes of other
         keys may still be on their way); the watch's events for ``key`` up to
         ``revision`` are skipped when they come."""
-        parsed = self._keys.parse(key)
+        parsed = self.keys.parse(key)
         if parsed is None or parsed.kind in ("leader", "drain"):
             return
         applied = self._local.get(key)
@@ -137,7 +136,7 @@ class RegistryMirror:
         except RegistryUnavailable:
             return  # etcd unreachable: the mirror's own answer stands (as before the read)
         for key, kv in zip(keys, kvs):
-            parsed = self._keys.parse(key)
+            parsed = self.keys.parse(key)
             if kv is None or parsed is None or parsed.kind not in _DECODERS:
                 continue
             try:
@@ -149,13 +148,13 @@ class RegistryMirror:
     # -- loading and following -------------------------------------------
 
     async def _load(self) -> None:
-        fresh = RegistryMirror(self._store, self._keys)
+        fresh = RegistryMirror(self._store, self.keys)
         before = self._snapshot() if self.revision else None
         start_after: bytes | None = None
         revision = 0
         while True:
             page = await self._store.list(
-                self._keys.root, limit=self._page_size, start_after=start_after, revision=revision
+                self.keys.root, limit=self._page_size, start_after=start_after, revision=revision
             )
             revision = revision or page.revision
             for kv in page.items:
@@ -201,7 +200,7 @@ class RegistryMirror:
     async def _follow(self) -> None:
         while True:
             try:
-                async for ev in self._store.watch(self._keys.root, start_revision=self.revision + 1):
+                async for ev in self._store.watch(self.keys.root, start_revision=self.revision + 1):
                     self._apply_event(ev)
             except WatchCompacted as e:
                 log.warning("registry watch compacted (%s); reloading the mirror", e)
@@ -236,7 +235,7 @@ class RegistryMirror:
                         del self._local[key]
                     return  # apply_local already holds this write (or a later one): no decode, no notify
                 del self._local[key]
-        parsed = self._keys.parse(key)
+        parsed = self.keys.parse(key)
         if parsed is None or parsed.kind == "leader":
             return
         if parsed.kind == "drain":
