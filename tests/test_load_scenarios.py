@@ -88,11 +88,11 @@ def test_scale_smoke(tmp_path: Path) -> None:
     for row in s["levels"]:
         assert row["errors_by_code"] == {} and row["registrations_per_s"] > 0 and row["router_rss_bytes"] > 0
         assert row["new_router"]["mirrored_models"] == row["registered"]
-        # /proc CPU times tick every 10 ms: etcd's share of 40 registrations can read 0.
-        assert row["cpu_per_call_us"]["router"] > 0 and row["cpu_per_call_us"]["etcd"] >= 0
+        # /proc CPU times tick every 10 ms: a smoke run's few registrations can read 0.
+        assert row["cpu_per_call_us"]["router"] >= 0 and row["cpu_per_call_us"]["etcd"] >= 0
     ceiling = s["bare_grpc_ceiling"]  # the same client against a server that does nothing
     assert ceiling["errors_by_code"] == {} and ceiling["registrations_per_s"] > 0
-    assert ceiling["cpu_per_call_us"]["server"] > 0
+    assert ceiling["cpu_per_call_us"]["server"] >= 0
 
 
 @pytest.mark.timeout(240)
