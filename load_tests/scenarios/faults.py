@@ -264,7 +264,9 @@ async def run(args: argparse.Namespace) -> Path:
                 live = {p.instance_id: p.endpoint for p in local.procs if p.proc.poll() is None}
                 ids = multi.ids + single.ids
                 seen: list[convergence.Convergence] = []
-                store = EtcdStore(local.local_etcd.endpoint, timeout_s=2.0)  # type: ignore[union-attr]
+                # A just-restarted etcd on a busy machine can take seconds to answer; the probe's
+                # wait is not the measurement (convergence is timed from ``back``).
+                store = EtcdStore(local.local_etcd.endpoint, timeout_s=10.0)  # type: ignore[union-attr]
                 await store.start()
                 try:
                     registry = Registry(store, KeySchema(local.mesh))
